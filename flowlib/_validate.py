@@ -1,0 +1,75 @@
+"""Input checks shared by every module.
+
+Every public entry point of flowlib calls one of these before computing anything, so bad input
+raises a ``ValueError`` that names what was expected instead of returning a silently wrong number.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_tensor", "check_positive", "check_int", "check_probability"]
+
+
+def check_tensor(
+    x,
+    *,
+    name: str = "x",
+    event_shape: tuple[int, ...] | None = None,
+    ndim: int | None = None,
+    finite: bool = True,
+) -> torch.Tensor:
+    """Check a batched input and return it unchanged.
+
+    Parameters
+    ----------
+    x : the value to check; must be a floating-point ``torch.Tensor``.
+    name : how the error message calls it.
+    event_shape : if given, ``x`` must have shape ``(batch, *event_shape)``.
+    ndim : if given (and ``event_shape`` is not), ``x.dim()`` must equal it.
+    finite : if true, NaN or infinite entries are an error.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must have a floating-point dtype (float32 or float64), got {x.dtype}")
+    if event_shape is not None:
+        event_shape = tuple(int(s) for s in event_shape)
+        if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != event_shape:
+            raise ValueError(
+                f"{name} must have shape (batch, {', '.join(map(str, event_shape))}), got {tuple(x.shape)}"
+            )
+    elif ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if finite and not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); expected finite numbers")
+    return x
+
+
+def check_positive(value, name: str, *, strict: bool = True) -> float:
+    """Return ``float(value)`` if it is positive (or non-negative with ``strict=False``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (v > 0 if strict else v >= 0) or v != v:
+        raise ValueError(f"{name} must be {'positive' if strict else 'non-negative'}, got {value!r}")
+    return v
+
+
+def check_int(value, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_probability(value, name: str) -> float:
+    """Return ``float(value)`` if it lies in [0, 1]."""
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return v

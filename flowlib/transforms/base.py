@@ -1,0 +1,123 @@
+"""The transform interface and composition.
+
+Direction convention, used everywhere in flowlib and in the book:
+
+* ``forward(x) -> (z, logdet)`` **normalizes**: it maps data ``x`` to the base space ``z = f(x)`` and
+  returns ``log|det df/dx|`` per sample, shape ``(batch,)``.
+* ``inverse(z) -> (x, logdet)`` **generates**: ``x = f^{-1}(z)`` and ``log|det df^{-1}/dz|`` per sample.
+
+So ``forward`` and ``inverse`` log-dets of the same point cancel, and a flow's density is
+
+    log p_X(x) = log p_Z(f(x)) + log|det df/dx|.
+
+``event_shape`` is the shape of one sample (``(d,)`` for vectors, ``(c, h, w)`` for images) and the
+first axis is always the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowlib._validate import check_tensor
+
+__all__ = ["Transform", "Compose", "InverseTransform", "NoAnalyticInverse"]
+
+
+class NoAnalyticInverse(NotImplementedError):
+    """Raised by transforms whose inverse has no closed form and is not solved numerically."""
+
+
+class Transform(nn.Module):
+    """Base class of every invertible map.
+
+    Subclasses implement ``_forward(x)`` and ``_inverse(z)``; the public ``forward``/``inverse``
+    validate the input first (shape, dtype, finiteness) and then call them. Subclasses that know their
+    input shape set ``self.event_shape`` (a tuple) so that wrong shapes get a clear ``ValueError``.
+    """
+
+    event_shape: tuple[int, ...] | None = None
+
+    def _check(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return check_tensor(x, name=name, event_shape=self.event_shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalize: ``x -> (z, log|det dz/dx|)``."""
+        return self._forward(self._check(x, "x"))
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate: ``z -> (x, log|det dx/dz|)``."""
+        return self._inverse(self._check(z, "z"))
+
+    def _forward(self, x):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _inverse(self, z):  # pragma: no cover - interface
+        raise NoAnalyticInverse(f"{type(self).__name__} has no inverse")
+
+
+def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+class Compose(Transform):
+    """Composition ``f = f_K o ... o f_1`` of transforms applied in list order.
+
+    * map: ``z = f_K(...f_1(x))``; inverse: apply the inverses in reverse order;
+    * log-det: ``log|det df/dx| = sum_k log|det df_k/dh_{k-1}|`` (chain rule, determinants multiply);
+    * cost: the sum of the parts' costs.
+
+    ``forward(x, return_intermediates=True)`` also returns the list ``[x, h_1, ..., h_K]`` that the
+    book uses to draw what each layer does.
+    """
+
+    def __init__(self, *transforms: Transform):
+        super().__init__()
+        if len(transforms) == 1 and isinstance(transforms[0], (list, tuple)):
+            transforms = tuple(transforms[0])
+        for t in transforms:
+            if not isinstance(t, Transform):
+                raise ValueError(f"Compose takes Transform instances, got {type(t).__name__}")
+        self.transforms = nn.ModuleList(transforms)
+        self.event_shape = transforms[0].event_shape if transforms else None
+
+    def __len__(self):
+        return len(self.transforms)
+
+    def __getitem__(self, i):
+        return self.transforms[i]
+
+    def forward(self, x, return_intermediates: bool = False):
+        check_tensor(x, name="x", event_shape=self.event_shape)
+        logdet = x.new_zeros(x.shape[0])
+        hs = [x]
+        for t in self.transforms:
+            x, ld = t(x)
+            logdet = logdet + ld
+            hs.append(x)
+        return (x, logdet, hs) if return_intermediates else (x, logdet)
+
+    def inverse(self, z, return_intermediates: bool = False):
+        check_tensor(z, name="z")
+        logdet = z.new_zeros(z.shape[0])
+        hs = [z]
+        for t in reversed(self.transforms):
+            z, ld = t.inverse(z)
+            logdet = logdet + ld
+            hs.append(z)
+        return (z, logdet, hs) if return_intermediates else (z, logdet)
+
+
+class InverseTransform(Transform):
+    """Swap the roles of ``forward`` and ``inverse`` of a transform (used to build IAF from MAF code)."""
+
+    def __init__(self, transform: Transform):
+        super().__init__()
+        self.base_transform = transform
+        self.event_shape = transform.event_shape
+
+    def _forward(self, x):
+        return self.base_transform.inverse(x)
+
+    def _inverse(self, z):
+        return self.base_transform.forward(z)
