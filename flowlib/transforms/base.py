@@ -88,24 +88,31 @@ class Compose(Transform):
         return self.transforms[i]
 
     def forward(self, x, return_intermediates: bool = False):
+        """Normalize through every layer; input is validated once here, not at every layer."""
         check_tensor(x, name="x", event_shape=self.event_shape)
-        logdet = x.new_zeros(x.shape[0])
-        hs = [x]
-        for t in self.transforms:
-            x, ld = t(x)
-            logdet = logdet + ld
-            hs.append(x)
-        return (x, logdet, hs) if return_intermediates else (x, logdet)
+        return self._run(x, self.transforms, "_forward", return_intermediates)
 
     def inverse(self, z, return_intermediates: bool = False):
+        """Generate through every layer, last layer first."""
         check_tensor(z, name="z")
-        logdet = z.new_zeros(z.shape[0])
-        hs = [z]
-        for t in reversed(self.transforms):
-            z, ld = t.inverse(z)
+        return self._run(z, list(reversed(self.transforms)), "_inverse", return_intermediates)
+
+    def _forward(self, x):
+        return self._run(x, self.transforms, "_forward", False)
+
+    def _inverse(self, z):
+        return self._run(z, list(reversed(self.transforms)), "_inverse", False)
+
+    @staticmethod
+    def _run(h, layers, method, return_intermediates):
+        logdet = h.new_zeros(h.shape[0])
+        hs = [h]
+        for t in layers:
+            h, ld = getattr(t, method)(h)
             logdet = logdet + ld
-            hs.append(z)
-        return (z, logdet, hs) if return_intermediates else (z, logdet)
+            if return_intermediates:
+                hs.append(h)
+        return (h, logdet, hs) if return_intermediates else (h, logdet)
 
 
 class InverseTransform(Transform):
