@@ -1,0 +1,47 @@
+# Deep Generative Models, from probability to normalizing flows: build, test and teaching commands.
+# The two commands a new user needs:   make book    and    make test
+# Both create the pinned environment first when it is missing (scripts/setup_env.sh).
+
+SHELL := /bin/bash
+PY    := .venv/bin/python
+BIN   := .venv/bin
+ENV_STAMP := .venv/.setup-stamp
+
+.PHONY: help env system book book-strict test test-unit test-notebooks test-book test-grading lint \
+        refresh refresh-one student-versions lock bench bench-grading clean
+
+help:            ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 18
+
+env:             ## create/refresh .venv from requirements/lock.txt and MathJax from package-lock.json
+	@scripts/setup_env.sh
+
+system: env      ## also install the Debian tools the tests use (chromium, bubblewrap, postgresql)
+	@scripts/setup_env.sh --system
+
+book: env        ## build the HTML book into _build/html (strict: warnings and broken refs fail)
+	@scripts/build_book.sh
+
+test: system     ## run every test: lint, library, grading pipeline, notebooks (nbval), book build + browser checks
+	@scripts/run_tests.sh
+
+lint: env        ## ruff on flowlib/, tests/, course_tools/, benchmarks/
+	$(BIN)/ruff check $$(ls -d flowlib tests course_tools benchmarks scripts 2>/dev/null)
+
+refresh: env     ## re-execute every lecture notebook in place (refresh committed outputs); NB=path for one
+	@$(PY) scripts/refresh_notebooks.py $(NB)
+
+student-versions: env  ## regenerate assignments/ (student versions) from solutions/ with nbgrader
+	$(PY) -m course_tools generate
+
+lock:            ## re-resolve requirements/requirements.in into requirements/lock.txt in a scratch venv
+	@scripts/lock.sh
+
+bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see benchmarks/README.md)
+	bash benchmarks/setup_bench_env.sh && .venv-bench/bin/python benchmarks/flows.py
+
+bench-grading: system  ## autograde 50 generated submissions and time it
+	$(PY) benchmarks/autograde.py
+
+clean:           ## remove build outputs (keeps the environments)
+	rm -rf _build artifacts

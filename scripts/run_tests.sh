@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it (the environment must exist: `make system`).
+#   1. lint (ruff)                       2. strict book build (warnings and broken references fail)
+#   3. one pytest run: flowlib and grading tests, lecture notebooks re-executed by nbval (outputs compared
+#      after tests/nbval_sanitize.cfg), and the built book checked in headless Chromium.
+# Extra arguments go to pytest (e.g. `scripts/run_tests.sh -k coupling`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONHASHSEED=0 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYDEVD_DISABLE_FILE_VALIDATION=1
+start=$(date +%s)
+stage() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
+
+stage "lint: ruff"
+.venv/bin/ruff check $(ls -d flowlib tests course_tools benchmarks scripts 2>/dev/null) || exit 1
+
+stage "book: strict build"
+scripts/build_book.sh > _build_log.txt 2>&1 || { tail -40 _build_log.txt; echo "the book build failed (full log: _build_log.txt)"; exit 1; }
+tail -1 _build_log.txt; rm -f _build_log.txt
+
+stage "pytest: library, grading, notebooks (nbval), book in a browser"
+notebooks=$(git ls-files 'chapters/*.ipynb' 'chapters/**/*.ipynb' 2>/dev/null | sort -u)
+.venv/bin/python -m pytest tests $notebooks \
+    --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 \
+    -p no:cacheprovider --durations=15 "$@"
+rc=$?
+stage "done"
+exit $rc

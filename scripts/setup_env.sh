@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Create or refresh the course environment from pinned versions. Idempotent: a second run with an
+# unchanged lock file takes about a second.
+#
+#   scripts/setup_env.sh            Python venv (.venv) + MathJax assets   (enough to build the book)
+#   scripts/setup_env.sh --system   also the Debian tools the tests need: chromium, bubblewrap, postgresql
+#
+# Everything comes from the package registries at setup time; nothing is downloaded at build or run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+want_system=0
+[ "${1:-}" = "--system" ] && want_system=1
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# ---- Python environment -------------------------------------------------------------------------
+stamp="$VENV/.setup-stamp"
+fingerprint=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ]; then
+    log "creating $VENV from requirements/lock.txt (about 1 minute with a warm pip cache)"
+    "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    # torch==2.13.0 must resolve to the CPU wheel; every other package is pinned by the lock file.
+    "$VENV/bin/pip" install --quiet -r requirements/lock.txt
+    "$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e .
+    "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
+    echo "$fingerprint" > "$stamp"
+else
+    log "$VENV is up to date"
+fi
+
+# ---- MathJax, served from the built site (no CDN) -----------------------------------------------
+if [ ! -f node_modules/mathjax/es5/tex-mml-chtml.js ]; then
+    command -v npm >/dev/null || { echo "npm is required (Debian: apt-get install npm)" >&2; exit 1; }
+    log "installing MathJax from package-lock.json"
+    npm ci --no-audit --no-fund --silent
+fi
+
+# ---- Debian tools for the test suite -------------------------------------------------------------
+if [ "$want_system" = 1 ]; then
+    missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v bwrap >/dev/null || missing+=(bubblewrap)
+    { command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; } || missing+=(postgresql)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" = 0 ]; then
+            log "installing Debian packages: ${missing[*]}"
+            apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        else
+            echo "The tests need these Debian packages: ${missing[*]}. Install them with:" >&2
+            echo "  sudo apt-get install -y ${missing[*]}" >&2
+            exit 1
+        fi
+    fi
+fi
+log "ready"

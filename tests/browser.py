@@ -1,0 +1,191 @@
+"""A minimal headless-Chromium driver over the Chrome DevTools Protocol (CDP), for testing the built book.
+
+It records every network request a page makes (so a test can prove nothing is fetched from outside the
+site), evaluates JavaScript in the page and takes screenshots. Only the Python standard library and
+``websocket-client`` (already a Jupyter dependency) are used; Chromium is Debian's ``chromium`` package.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import websocket
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1280,900",
+]
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(root: str):
+    """Serve ``root`` on a free loopback port; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=root)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Browser:
+    """One headless Chromium with one page, driven through CDP."""
+
+    def __init__(self, executable: str | None = None, timeout: float = 30.0):
+        self.executable = executable or find_chromium()
+        if self.executable is None:
+            raise RuntimeError("chromium not found: run `make system` (Debian package `chromium`)")
+        self.timeout = timeout
+        self._id = 0
+        self.requests: list[str] = []
+
+    def __enter__(self):
+        self._profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        port = _free_port()
+        self._proc = subprocess.Popen(
+            [self.executable, *CHROMIUM_FLAGS, f"--remote-debugging-port={port}",
+             f"--user-data-dir={self._profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + self.timeout
+        targets = None
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:
+                    targets = [t for t in json.load(r) if t.get("type") == "page"]
+                if targets:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        if not targets:
+            self.__exit__(None, None, None)
+            raise RuntimeError("chromium did not start its DevTools endpoint")
+        self._ws = websocket.create_connection(targets[0]["webSocketDebuggerUrl"], timeout=self.timeout)
+        self.call("Page.enable")
+        self.call("Network.enable")
+        self.call("Runtime.enable")
+        return self
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(Exception):
+            self._ws.close()
+        with contextlib.suppress(Exception):
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+    def _handle_event(self, msg: dict):
+        if msg.get("method") == "Network.requestWillBeSent":
+            self.requests.append(msg["params"]["request"]["url"])
+        elif msg.get("method") == "Page.loadEventFired":
+            self._loaded = True
+
+    def call(self, method: str, **params):
+        self._id += 1
+        my_id = self._id
+        self._ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self._ws.recv())
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"CDP {method} failed: {msg['error']}")
+                return msg.get("result", {})
+            self._handle_event(msg)
+
+    def goto(self, url: str, settle: float = 0.5):
+        """Navigate and wait for the load event, then ``settle`` seconds for scripts."""
+        self._loaded = False
+        self.call("Page.navigate", url=url)
+        deadline = time.time() + self.timeout
+        self._ws.settimeout(0.5)
+        try:
+            while not self._loaded and time.time() < deadline:
+                try:
+                    self._handle_event(json.loads(self._ws.recv()))
+                except websocket.WebSocketTimeoutException:
+                    pass
+        finally:
+            self._ws.settimeout(self.timeout)
+        if not self._loaded:
+            raise TimeoutError(f"page did not load: {url}")
+        self.pump(settle)
+
+    def pump(self, seconds: float):
+        """Process events (network requests) for ``seconds``."""
+        end = time.time() + seconds
+        self._ws.settimeout(0.1)
+        try:
+            while time.time() < end:
+                try:
+                    self._handle_event(json.loads(self._ws.recv()))
+                except websocket.WebSocketTimeoutException:
+                    pass
+        finally:
+            self._ws.settimeout(self.timeout)
+
+    def evaluate(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"JS error in {expression!r}: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 15.0):
+        """Poll a JS expression until it is truthy; return its value (or the last falsy one on timeout)."""
+        end = time.time() + timeout
+        value = None
+        while time.time() < end:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            self.pump(0.2)
+        return value
+
+    def screenshot(self, path: str):
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data))
+        return path

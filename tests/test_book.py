@@ -1,0 +1,108 @@
+"""Checks of the built HTML book in a real browser (headless Chromium over CDP).
+
+Run after `scripts/build_book.sh` (the test command does both). A landing-page screenshot is kept as a
+test artifact in artifacts/landing.png.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.browser import Browser, find_chromium, serve_directory
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+ARTIFACTS = ROOT / "artifacts"
+
+pytestmark = pytest.mark.book
+
+# src/href attributes of tags that make the browser fetch something.
+FETCHING_TAGS = re.compile(r"<(script|link|img|iframe|source|video|audio|embed)\b[^>]*>", re.I)
+URL_ATTR = re.compile(r"\b(src|href|srcset|data)\s*=\s*[\"']\s*(https?:)?//", re.I)
+
+
+def toc_files() -> list[str]:
+    """Every document named in _toc.yml (root included), without extension."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                files.append(e["file"])
+            walk(e.get("sections"))
+            walk(e.get("chapters"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return files
+
+
+@pytest.fixture(scope="module")
+def site():
+    if not (HTML / "index.html").exists():
+        pytest.fail("the book is not built: run `make book` (the test command builds it before this test)")
+    if find_chromium() is None:
+        pytest.fail("chromium is missing: run `make system` (installs Debian's chromium)")
+    with serve_directory(str(HTML)) as base, Browser() as browser:
+        yield base, browser
+
+
+def test_every_built_page_references_only_local_assets():
+    pages = sorted(HTML.rglob("*.html"))
+    assert pages, "no HTML pages found"
+    offenders = []
+    for page in pages:
+        for tag in FETCHING_TAGS.finditer(page.read_text(errors="replace")):
+            if URL_ATTR.search(tag.group(0)) and not tag.group(0).lower().startswith("<a"):
+                # <link rel="canonical"> would be metadata only, but we set no baseurl, so any is an offender.
+                offenders.append(f"{page.relative_to(HTML)}: {tag.group(0)[:160]}")
+    assert not offenders, "pages load assets from outside the site:\n" + "\n".join(offenders[:20])
+
+
+def test_math_renders_offline_and_nothing_is_fetched_from_outside(site):
+    base, browser = site
+    browser.requests.clear()
+    browser.goto(f"{base}/intro.html")
+    rendered = browser.wait_for(
+        "(() => { const m = document.querySelectorAll('.math');"
+        " return m.length > 0 && [...m].every(e => e.querySelector('mjx-container')) ? m.length : 0; })()",
+        timeout=20,
+    )
+    assert rendered, "MathJax did not typeset the equations on intro.html (no mjx-container in .math elements)"
+    assert browser.evaluate("document.querySelectorAll('mjx-container[display=\"true\"]').length") >= 1
+    # MathJax fetched its fonts/components from the site itself.
+    assert any("/mathjax/" in u for u in browser.requests), "MathJax was not loaded from the site"
+    outside = [u for u in browser.requests if not u.startswith((base, "data:", "blob:", "about:"))]
+    assert not outside, f"the page requested resources outside the site: {outside[:10]}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.goto(f"{base}/index.html", settle=1.0)
+    browser.wait_for("document.querySelectorAll('mjx-container').length > 0", timeout=20)
+    shot = browser.screenshot(str(ARTIFACTS / "landing.png"))
+    assert Path(shot).stat().st_size > 10_000, "the landing page screenshot is suspiciously small"
+
+
+def test_search_finds_a_word_from_the_introduction(site):
+    base, browser = site
+    browser.goto(f"{base}/search.html?q=Jacobian", settle=0.5)
+    hits = browser.wait_for("document.querySelectorAll('#search-results ul.search li').length", timeout=20)
+    assert hits and hits > 0, "the search page found nothing for 'Jacobian', a word on the introduction page"
+    links = browser.evaluate("[...document.querySelectorAll('#search-results ul.search li a')].map(a => a.href)")
+    assert any("intro" in link for link in links), f"search hits do not include the introduction: {links}"
+
+
+def test_sidebar_lists_every_toc_entry(site):
+    base, browser = site
+    browser.goto(f"{base}/intro.html", settle=0.2)
+    hrefs = browser.evaluate(
+        "[...document.querySelectorAll('nav.bd-docs-nav a, .bd-sidebar-primary a')]"
+        ".map(a => new URL(a.href).pathname)"
+    )
+    listed = {h.rsplit("/", 1)[-1] if h.count("/") == 1 else h.lstrip("/") for h in hrefs}
+    missing = [f for f in toc_files() if f"{f}.html" not in listed and f"{Path(f).name}.html" not in listed]
+    assert not missing, f"the sidebar does not link these _toc.yml entries: {missing}"
