@@ -18,20 +18,24 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # ---- Python environment -------------------------------------------------------------------------
 stamp="$VENV/.setup-stamp"
-fingerprint=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ]; then
-    log "creating $VENV from requirements/lock.txt (about 1 minute with a warm pip cache)"
+lock_fp=$(sha256sum requirements/lock.txt | cut -c1-16)
+pkg_fp=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ] || [ "$(sed -n 1p "$stamp" 2>/dev/null)" != "$lock_fp" ]; then
+    log "creating $VENV from requirements/lock.txt (about 1 minute with a warm pip cache, a few without)"
     "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    # torch==2.13.0 must resolve to the CPU wheel; every other package is pinned by the lock file.
+    # torch==2.13.0 resolves to the CPU wheel; every other package is pinned by the lock file.
     "$VENV/bin/pip" install --quiet -r requirements/lock.txt
-    "$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e .
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
-    echo "$fingerprint" > "$stamp"
-else
-    log "$VENV is up to date"
+    printf '%s\n' "$lock_fp" > "$stamp"
 fi
+if [ "$(sed -n 2p "$stamp")" != "$pkg_fp" ]; then
+    log "installing flowlib and course_tools (editable)"
+    "$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e .
+    printf '%s\n%s\n' "$lock_fp" "$pkg_fp" > "$stamp"
+fi
+log "$VENV is ready"
 
 # ---- MathJax, served from the built site (no CDN) -----------------------------------------------
 if [ ! -f node_modules/mathjax/es5/tex-mml-chtml.js ]; then
@@ -58,4 +62,3 @@ if [ "$want_system" = 1 ]; then
         fi
     fi
 fi
-log "ready"
