@@ -1,0 +1,310 @@
+"""Instructor commands: thin wrappers around nbgrader, one command per step of the term.
+
+    python -m course_tools generate  [ASSIGNMENT ...]           solutions/ -> assignments/ (student versions)
+    python -m course_tools release   ASSIGNMENT                 put the student version in the exchange
+    python -m course_tools collect   ASSIGNMENT [--student S]   fetch submissions from the exchange
+    python -m course_tools autograde [ASSIGNMENT|all] [--student S]
+    python -m course_tools feedback  ASSIGNMENT [--student S]   generate + release feedback
+    python -m course_tools export    [--to grades.csv]
+    python -m course_tools status
+
+Every command runs nbgrader from the repository root, so ``nbgrader_config.py`` applies (course directory
+layout, gradebook URL, timeouts, sandbox).  The course working directory is ``$COURSE_DIR`` (default
+``grading/``); the gradebook URL ``$NBGRADER_DB_URL`` (default SQLite in the working directory).
+``autograde`` checks the submissions first, runs ``nbgrader autograde`` for all of them in one batch (a failing
+submission does not stop the others), then prints one line per student and a clear message for every problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def work_dir() -> str:
+    return os.path.abspath(os.environ.get("COURSE_DIR") or os.path.join(REPO, "grading"))
+
+
+def db_url() -> str:
+    return os.environ.get("NBGRADER_DB_URL") or "sqlite:///" + os.path.join(work_dir(), "gradebook.db")
+
+
+def course_id() -> str:
+    return "dgm-flows"
+
+
+def source_assignments() -> list[str]:
+    src = os.path.join(REPO, "solutions")
+    return sorted(d for d in os.listdir(src)
+                  if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_")))
+
+
+def nbgrader(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m nbgrader ARGS`` in the repository root with this course's configuration."""
+    os.makedirs(work_dir(), exist_ok=True)
+    env = dict(os.environ)
+    # nbgrader runs `alembic` from PATH: put this interpreter's bin/ first
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if not quiet and res.stdout:
+        sys.stdout.write(res.stdout)
+    if res.returncode != 0 and check:
+        sys.stdout.write(res.stderr[-4000:])
+        raise SystemExit(f"nbgrader {' '.join(args)} failed (exit {res.returncode})")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ generate
+def cmd_generate(assignments: list[str], release_dir: str | None = None) -> None:
+    for a in assignments or source_assignments():
+        extra = [f"--CourseDirectory.release_directory={release_dir}"] if release_dir else []
+        nbgrader("generate_assignment", a, "--force", *extra, quiet=True)
+        print(f"generated {os.path.join(release_dir or 'assignments', a)}")
+
+
+# ------------------------------------------------------------------------------------------------ autograde
+@dataclass
+class Problem:
+    student: str
+    message: str
+    level: str = "ERROR"
+
+
+@dataclass
+class Preflight:
+    students: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    broken: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names with bad JSON
+    refused: list[str] = field(default_factory=list)  # not graded at all (symlinks)
+
+
+def notebooks_of(assignment: str) -> list[str]:
+    d = os.path.join(REPO, "solutions", assignment)
+    return sorted(os.path.splitext(f)[0] for f in os.listdir(d) if f.endswith(".ipynb"))
+
+
+def preflight(assignment: str, student: str | None) -> Preflight:
+    pf = Preflight()
+    sub = os.path.join(work_dir(), "submitted")
+    students = [student] if student else sorted(os.listdir(sub)) if os.path.isdir(sub) else []
+    for s in students:
+        folder = os.path.join(sub, s, assignment)
+        if not os.path.isdir(folder):
+            continue
+        pf.students.append(s)
+        links = []
+        for root, dirs, files in os.walk(folder):
+            links += [os.path.join(root, n) for n in dirs + files if os.path.islink(os.path.join(root, n))]
+        if links:
+            pf.refused.append(s)
+            pf.problems.append(Problem(s, f"submission contains symbolic links ({', '.join(links[:3])}); not "
+                                          "graded -- inspect by hand (a link can point at the solutions)"))
+            continue
+        for nb in notebooks_of(assignment):
+            path = os.path.join(folder, nb + ".ipynb")
+            if not os.path.exists(path):
+                pf.problems.append(Problem(s, f"{nb}.ipynb is missing: graded 0", "WARN"))
+                continue
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    data = json.load(fh)
+                if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+                    raise ValueError("not a notebook (no 'cells' list)")
+            except (ValueError, UnicodeDecodeError) as exc:
+                pf.broken.setdefault(s, []).append(nb)
+                pf.problems.append(Problem(s, f"{nb}.ipynb is not a valid notebook ({str(exc)[:80]}): graded 0; "
+                                              "ask for a resubmission (the file is kept as submitted)"))
+        extra = sorted(set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)}
+                       - {"timestamp.txt"})
+        if extra:
+            pf.problems.append(Problem(s, f"extra files ignored by the grader: {', '.join(extra[:5])}", "INFO"))
+    return pf
+
+
+def _zero_notebook(assignment: str, student: str, notebook: str) -> None:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url(), course_id()) as gb:
+        try:
+            nb = gb.find_submission_notebook(notebook, assignment, student)
+        except MissingEntry:
+            return
+        for grade in nb.grades:
+            grade.auto_score = 0
+            grade.needs_manual_grade = False
+        gb.db.commit()
+
+
+def cell_problems(assignment: str, student: str) -> list[str]:
+    """Timeouts, kernel deaths and truncated output found in the autograded notebooks."""
+    out = []
+    folder = os.path.join(work_dir(), "autograded", student, assignment)
+    for nb in notebooks_of(assignment):
+        path = os.path.join(folder, nb + ".ipynb")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        for i, cell in enumerate(data.get("cells", [])):
+            gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", f"cell {i}")
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "error" and o.get("ename") in ("CellTimeoutError", "KeyboardInterrupt"):
+                    out.append(f"{nb}/{gid}: timed out (cell timeout), scored 0")
+                elif o.get("output_type") == "error" and o.get("ename") == "KernelDied":
+                    if "earlier cell" not in o.get("evalue", ""):
+                        out.append(f"{nb}/{gid}: the kernel died here (os._exit/crash/memory); this and later "
+                                   "cells scored 0")
+                elif "... Output truncated ..." in "".join(o.get("text", "")):
+                    out.append(f"{nb}/{gid}: output flood truncated")
+    return sorted(set(out))
+
+
+def scores(assignment: str) -> dict[str, tuple[float, float, bool]]:
+    from nbgrader.api import Gradebook
+
+    res = {}
+    with Gradebook(db_url(), course_id()) as gb:
+        for sub in gb.assignment_submissions(assignment):
+            res[sub.student_id] = (sub.code_score, sub.max_code_score, sub.needs_manual_grade)
+    return res
+
+
+def cmd_autograde(assignment: str, student: str | None, force: bool = True) -> int:
+    assignments = source_assignments() if assignment in (None, "all") else [assignment]
+    status = 0
+    for a in assignments:
+        t0 = time.time()
+        pf = preflight(a, student)
+        if not pf.students:
+            print(f"{a}: no submissions in {os.path.join(work_dir(), 'submitted')}")
+            continue
+        targets = [s for s in pf.students if s not in pf.refused]
+        args = ["autograde", a] + (["--force"] if force else [])
+        if student:
+            args += ["--student", student]
+        elif pf.refused:
+            # nbgrader has no "all but these": grade each accepted student (same process cost per student)
+            args = None
+        if args is not None:
+            res = nbgrader(*args, check=False, quiet=True)
+            log = res.stdout + res.stderr
+        else:
+            log = ""
+            for s in targets:
+                r = nbgrader("autograde", a, "--student", s, *(["--force"] if force else []), check=False, quiet=True)
+                log += r.stdout + r.stderr
+        for s, nbs in pf.broken.items():
+            for nb in nbs:
+                _zero_notebook(a, s, nb)
+        failed = {line.split("for student '")[1].split("'")[0] for line in log.splitlines()
+                  if "There was an error processing assignment" in line and "for student '" in line}
+        table = scores(a)
+        print(f"== {a}: {len(pf.students)} submission(s) in {time.time() - t0:.1f} s ==")
+        for s in pf.students:
+            notes = [p for p in pf.problems if p.student == s]
+            if s in pf.refused:
+                line = f"  REFUSED {s}"
+            elif s in table:
+                sc, mx, manual = table[s]
+                line = f"  {'OK' if not notes and s not in failed else 'CHECK':7s} {s}: {sc:g}/{mx:g} autograded" + \
+                    (" (+ manual grading pending)" if manual else "")
+            else:
+                line = f"  ERROR   {s}: not in the gradebook"
+            print(line)
+            for p in notes:
+                print(f"      {p.level}: {p.message}")
+            if s in failed and s not in pf.broken:
+                print("      ERROR: nbgrader could not process this submission; see grading/autograde.log")
+            if s in table:
+                for msg in cell_problems(a, s):
+                    print(f"      NOTE: {msg}")
+        if failed - set(pf.broken) or pf.refused:
+            status = 1
+        with open(os.path.join(work_dir(), "autograde.log"), "a", encoding="utf-8") as fh:
+            fh.write(log)
+    return status
+
+
+# ------------------------------------------------------------------------------------------------ others
+def cmd_feedback(assignment: str, student: str | None) -> None:
+    extra = ["--student", student] if student else []
+    nbgrader("generate_feedback", assignment, "--force", *extra, quiet=True)
+    fb = os.path.join(work_dir(), "feedback")
+    students = [student] if student else sorted(os.listdir(fb)) if os.path.isdir(fb) else []
+    for s in students:
+        if os.path.isdir(os.path.join(fb, s, assignment)):
+            # --student per student: release_feedback needs it for submissions copied in by hand
+            r = nbgrader("release_feedback", assignment, "--student", s, check=False, quiet=True)
+            ok = "released" if r.returncode == 0 else "generated (not released: no exchange submission)"
+            print(f"feedback {s}/{assignment}: {ok}")
+
+
+def cmd_status() -> None:
+    from course_tools.sandbox import bwrap_available
+
+    print(f"repository (source/release): {REPO}")
+    print(f"course working directory:    {work_dir()}")
+    print(f"gradebook:                   {db_url()}")
+    print(f"assignments in solutions/:   {', '.join(source_assignments())}")
+    print(f"sandbox (bwrap) usable:      {bwrap_available()}")
+    if os.path.exists(os.path.join(work_dir(), "gradebook.db")) or not db_url().startswith("sqlite"):
+        try:
+            for a in source_assignments():
+                sc = scores(a)
+                if sc:
+                    print(f"  {a}: {len(sc)} graded, mean {sum(v[0] for v in sc.values()) / len(sc):.2f}")
+        except Exception as exc:  # gradebook not created yet
+            print(f"  gradebook not readable yet: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m course_tools", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate student versions into assignments/")
+    g.add_argument("assignments", nargs="*")
+    g.add_argument("--release-dir", help="write elsewhere (used by the drift test)")
+    r = sub.add_parser("release", help="release an assignment to the exchange")
+    r.add_argument("assignment")
+    c = sub.add_parser("collect", help="collect submissions from the exchange")
+    c.add_argument("assignment")
+    c.add_argument("--student")
+    a = sub.add_parser("autograde", help="autograde one or all assignments for one or all students")
+    a.add_argument("assignment", nargs="?", default="all")
+    a.add_argument("--student")
+    a.add_argument("--no-force", action="store_true", help="skip submissions already autograded")
+    f = sub.add_parser("feedback", help="generate and release feedback")
+    f.add_argument("assignment")
+    f.add_argument("--student")
+    e = sub.add_parser("export", help="export grades to CSV")
+    e.add_argument("--to", default=os.path.join(work_dir(), "grades.csv"))
+    sub.add_parser("status", help="show configuration and gradebook summary")
+    ns = p.parse_args(argv)
+    if ns.cmd == "generate":
+        cmd_generate(ns.assignments, ns.release_dir)
+    elif ns.cmd == "release":
+        nbgrader("release_assignment", ns.assignment, "--force")
+    elif ns.cmd == "collect":
+        nbgrader("collect", ns.assignment, *(["--student", ns.student] if ns.student else []), "--update")
+    elif ns.cmd == "autograde":
+        return cmd_autograde(ns.assignment, ns.student, force=not ns.no_force)
+    elif ns.cmd == "feedback":
+        cmd_feedback(ns.assignment, ns.student)
+    elif ns.cmd == "export":
+        nbgrader("export", f"--to={os.path.abspath(ns.to)}", quiet=True)
+        print(f"grades written to {os.path.abspath(ns.to)}")
+    elif ns.cmd == "status":
+        cmd_status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
