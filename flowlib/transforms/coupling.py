@@ -1,0 +1,315 @@
+"""Coupling layers (NICE, RealNVP) and the masks and conditioner networks they use.
+
+A coupling layer splits its input with a binary **mask** into a conditioning part ``x_a`` (mask = 1),
+which it copies unchanged, and a transformed part ``x_b`` (mask = 0), which it maps elementwise with
+parameters computed from ``x_a`` by an arbitrary network (the *conditioner*)::
+
+    z_a = x_a,        z_b = g(x_b; theta(x_a)).
+
+The Jacobian is block triangular, ``[[I, 0], [dz_b/dx_a, diag(dg/dx_b)]]``, so its log-det is the sum of
+the logs of the diagonal of the lower-right block: O(d), however complicated ``theta`` is. The inverse is
+just as cheap, since ``x_a = z_a`` is available to recompute ``theta``.
+
+Two ways to split, picked from the mask's shape:
+
+* **split** (vectors ``(B, d)`` with a ``(d,)`` mask, images with a channel mask ``(c, 1, 1)``): ``x_a`` and
+  ``x_b`` are the selected features/channels, the conditioner maps ``n_a`` inputs to ``n_b`` (or ``2 n_b``)
+  outputs. Half masks take a fast path (slices, no gather);
+* **masked** (images with a spatial mask ``(c, h, w)``, e.g. a checkerboard): the conditioner sees
+  ``mask * x`` and its outputs are multiplied by ``1 - mask`` so that they only touch ``x_b``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowlib._validate import check_int, check_positive, check_tensor
+from flowlib.transforms.base import Transform, _sum_except_batch
+
+__all__ = [
+    "half_mask",
+    "alternating_mask",
+    "checkerboard_mask",
+    "channel_mask",
+    "MLP",
+    "ConvNet",
+    "AdditiveCoupling",
+    "AffineCoupling",
+]
+
+
+# ----------------------------------------------------------------------------------------------- masks
+# Every mask is a bool tensor: True (1) = conditioning part, copied unchanged; False (0) = transformed.
+
+
+def _check_parity(parity):
+    if parity not in (0, 1) or isinstance(parity, bool):
+        raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+    return parity
+
+
+def half_mask(d: int, first: bool = True) -> torch.Tensor:
+    """``(d,)`` mask conditioning on the first ``d // 2`` entries (``first=True``) or on the others."""
+    check_int(d, "d", minimum=2)
+    mask = torch.arange(d) < d // 2
+    return mask if first else ~mask
+
+
+def alternating_mask(d: int, parity: int = 0) -> torch.Tensor:
+    """``(d,)`` mask conditioning on the entries with ``i % 2 == parity``."""
+    check_int(d, "d", minimum=2)
+    return torch.arange(d) % 2 == _check_parity(parity)
+
+
+def checkerboard_mask(h: int, w: int, parity: int = 0, num_channels: int = 1) -> torch.Tensor:
+    """``(num_channels, h, w)`` mask conditioning on the pixels with ``(i + j) % 2 == parity`` (RealNVP)."""
+    check_int(h, "h")
+    check_int(w, "w")
+    check_int(num_channels, "num_channels")
+    if h * w < 2:
+        raise ValueError(f"a checkerboard needs at least 2 pixels, got h={h}, w={w}")
+    i, j = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return ((i + j) % 2 == _check_parity(parity)).expand(num_channels, h, w).clone()
+
+
+def channel_mask(c: int, parity: int = 0) -> torch.Tensor:
+    """``(c, 1, 1)`` mask conditioning on the first half of the channels (``parity=0``) or the second half.
+
+    A half split of the channels needs an even ``c``.
+    """
+    check_int(c, "c", minimum=2)
+    if c % 2:
+        raise ValueError(f"channel_mask splits the channels in two halves and needs an even c, got c={c}")
+    mask = torch.arange(c) < c // 2
+    return (mask if _check_parity(parity) == 0 else ~mask).view(c, 1, 1)
+
+
+# -------------------------------------------------------------------------------------- conditioners
+
+
+def _hidden(hidden, name="hidden") -> tuple[int, ...]:
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        hidden = (hidden, hidden)
+    if not isinstance(hidden, (tuple, list)):
+        raise ValueError(f"{name} must be an int or a tuple of ints, got {hidden!r}")
+    return tuple(check_int(h, f"every entry of {name}") for h in hidden)
+
+
+class MLP(nn.Sequential):
+    """Fully connected conditioner ``in_features -> hidden... -> out_features``.
+
+    The last layer is initialised to zero, so a coupling layer that uses it starts as the identity map
+    (a standard trick that makes deep flows trainable from the first step).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden=(64, 64), activation=nn.ReLU):
+        layers, n = [], check_int(in_features, "in_features")
+        for h in _hidden(hidden):
+            layers += [nn.Linear(n, h), activation()]
+            n = h
+        last = nn.Linear(n, check_int(out_features, "out_features"))
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        super().__init__(*layers, last)
+
+
+class ConvNet(nn.Sequential):
+    """Small convolutional conditioner for images: 3x3 conv, 1x1 conv, 3x3 conv (zero-initialised).
+
+    ``(B, in_channels, H, W) -> (B, out_channels, H, W)``; ``hidden`` gives the widths of the two hidden
+    layers (an int means both).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden=(64, 64), activation=nn.ReLU):
+        widths = _hidden(hidden)
+        if len(widths) != 2:
+            raise ValueError(f"ConvNet hidden must be an int or a pair of ints (two layers), got {hidden!r}")
+        h1, h2 = widths
+        last = nn.Conv2d(h2, check_int(out_channels, "out_channels"), 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        super().__init__(
+            nn.Conv2d(check_int(in_channels, "in_channels"), h1, 3, padding=1),
+            activation(),
+            nn.Conv2d(h1, h2, 1),
+            activation(),
+            last,
+        )
+
+
+# ---------------------------------------------------------------------------------------- couplings
+
+
+def _check_mask(mask) -> torch.Tensor:
+    try:
+        mask = torch.as_tensor(mask)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"mask must be a tensor of 0/1 values, got {type(mask).__name__}") from None
+    if mask.dim() not in (1, 3):
+        raise ValueError(
+            f"mask must have shape (d,) for vectors or (c, h, w) for images, got {tuple(mask.shape)}"
+        )
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError("mask must contain only 0 (transformed) and 1 (conditioning) values")
+    mask = mask.bool()
+    if not mask.any():
+        raise ValueError("mask must have at least one conditioning entry (1); it is all 0")
+    if mask.all():
+        raise ValueError("mask must have at least one transformed entry (0); it is all 1")
+    return mask
+
+
+class _Coupling(Transform):
+    """Shared machinery: split/merge by the mask, build the default conditioner, validate input.
+
+    Subclasses set ``num_params`` (conditioner outputs per transformed entry) and implement
+    ``_params(out)``, ``_map(x_b, params)`` and ``_unmap(z_b, params)``.
+    """
+
+    num_params = 1
+
+    def __init__(self, mask, conditioner=(64, 64)):
+        super().__init__()
+        mask = _check_mask(mask)
+        self.register_buffer("mask", mask)
+        self.image = mask.dim() == 3
+        self.split = not self.image or mask.shape[1:] == (1, 1)
+        flat = mask.reshape(-1)
+        n_a, n_b = int(flat.sum()), int((~flat).sum())
+        if self.split:
+            self.n_features, self.n_a = flat.numel(), n_a
+            self.event_shape = None if self.image else (flat.numel(),)
+            idx_a, idx_b = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+            self.register_buffer("idx_a", idx_a)
+            self.register_buffer("idx_b", idx_b)
+            self.register_buffer("merge_index", torch.argsort(torch.cat([idx_a, idx_b])))
+            # fast paths for half masks: [1..1 0..0] or [0..0 1..1]
+            self.layout = "ab" if flat[:n_a].all() else "ba" if flat[n_b:].all() else "gather"
+            n_in, n_out = n_a, n_b * self.num_params
+        else:
+            self.event_shape = tuple(mask.shape)
+            self.register_buffer("inv_mask", ~mask)
+            n_in, n_out = mask.shape[0], mask.shape[0] * self.num_params
+        if isinstance(conditioner, nn.Module):
+            self.conditioner = conditioner
+        elif self.image:
+            self.conditioner = ConvNet(n_in, n_out, conditioner)
+        else:
+            self.conditioner = MLP(n_in, n_out, conditioner)
+
+    def _check(self, x, name):
+        if not (self.image and self.split):
+            return super()._check(x, name)
+        x = check_tensor(x, name=name)
+        if x.dim() != 4 or x.shape[1] != self.n_features:
+            raise ValueError(f"{name} must have shape (batch, {self.n_features}, H, W), got {tuple(x.shape)}")
+        return x
+
+    def _split(self, x):
+        """``(x_a, x_b)``; in masked mode ``(mask * x, x)``."""
+        if not self.split:
+            return x * self.mask, x
+        if self.layout == "ab":
+            return x[:, : self.n_a], x[:, self.n_a :]
+        if self.layout == "ba":
+            n_b = self.n_features - self.n_a
+            return x[:, n_b:], x[:, :n_b]
+        return x[:, self.idx_a], x[:, self.idx_b]
+
+    def _merge(self, x_a, z_b):
+        if not self.split:
+            return z_b  # the conditioning entries of z_b were left unchanged
+        if self.layout == "ab":
+            return torch.cat([x_a, z_b], dim=1)
+        if self.layout == "ba":
+            return torch.cat([z_b, x_a], dim=1)
+        return torch.cat([x_a, z_b], dim=1)[:, self.merge_index]
+
+    def _conditioner_params(self, x_a):
+        params = self._params(self.conditioner(x_a).chunk(self.num_params, dim=1))
+        if not self.split:  # only act on the transformed entries
+            params = tuple(p * self.inv_mask for p in params)
+        return params
+
+    def _forward(self, x):
+        x_a, x_b = self._split(x)
+        z_b, logdet = self._map(x_b, self._conditioner_params(x_a))
+        return self._merge(x_a, z_b), logdet
+
+    def _inverse(self, z):
+        z_a, z_b = self._split(z)
+        x_b, logdet = self._unmap(z_b, self._conditioner_params(z_a))
+        return self._merge(z_a, x_b), logdet
+
+
+class AdditiveCoupling(_Coupling):
+    """NICE's additive coupling (Dinh et al., 2014).
+
+    * map: ``z_a = x_a``, ``z_b = x_b + t(x_a)``;
+    * inverse: ``x_a = z_a``, ``x_b = z_b - t(z_a)``;
+    * log-det: ``0``: the Jacobian is triangular with ones on the diagonal (volume preserving);
+    * cost: one conditioner evaluation for the map and one for the inverse; log-det O(1).
+
+    Parameters
+    ----------
+    mask : 1 = conditioning (copied), 0 = transformed; see ``half_mask``, ``alternating_mask``,
+        ``checkerboard_mask``, ``channel_mask``. Needs at least one entry of each kind.
+    conditioner : an ``nn.Module`` computing ``t`` (split mode: ``(B, n_a, ...) -> (B, n_b, ...)``;
+        masked mode: ``(B, C, H, W) -> (B, C, H, W)``), or the hidden widths (int or tuple) of the
+        default ``MLP`` (vectors) or ``ConvNet`` (images), whose last layer starts at zero (identity).
+    """
+
+    num_params = 1
+
+    def _params(self, chunks):
+        return chunks
+
+    def _map(self, x_b, params):
+        (t,) = params
+        return x_b + t, x_b.new_zeros(x_b.shape[0])
+
+    def _unmap(self, z_b, params):
+        (t,) = params
+        return z_b - t, z_b.new_zeros(z_b.shape[0])
+
+
+class AffineCoupling(_Coupling):
+    """RealNVP's affine coupling (Dinh et al., 2017).
+
+    * map: ``z_a = x_a``, ``z_b = x_b * exp(s(x_a)) + t(x_a)``;
+    * inverse: ``x_a = z_a``, ``x_b = (z_b - t(z_a)) * exp(-s(z_a))``;
+    * log-det: ``sum_i s_i(x_a)`` over the transformed entries (the diagonal of the triangular
+      Jacobian is ``exp(s)``, and ``log|exp(s)| = s``); cost O(d) plus one conditioner evaluation,
+      in both directions.
+
+    **Scale function.** The conditioner outputs a raw value ``r`` and ``s = B * tanh(r / B)`` with
+    ``B = scale_bound`` (2.0 by default). Near ``r = 0`` this is ``s ~ r``, but ``|s| < B`` always, so
+    a single layer scales by at most ``e^B``. Without the bound, one large ``r`` early in training
+    (e.g. from an outlier) gives ``exp(s)`` = inf/NaN or an ill-conditioned inverse; the bound keeps
+    every layer well conditioned while deep stacks can still produce large scales.
+
+    Parameters
+    ----------
+    mask, conditioner : as in :class:`AdditiveCoupling`; the conditioner outputs ``2 * n_b`` values
+        (``r`` then ``t`` along dim 1), or ``2 C`` channels in masked mode.
+    scale_bound : positive bound ``B`` of ``|s|``.
+    """
+
+    num_params = 2
+
+    def __init__(self, mask, conditioner=(64, 64), scale_bound: float = 2.0):
+        super().__init__(mask, conditioner)
+        self.scale_bound = check_positive(scale_bound, "scale_bound")
+
+    def _params(self, chunks):
+        raw, t = chunks
+        return self.scale_bound * torch.tanh(raw / self.scale_bound), t
+
+    def _map(self, x_b, params):
+        s, t = params
+        return x_b * torch.exp(s) + t, _sum_except_batch(s)
+
+    def _unmap(self, z_b, params):
+        s, t = params
+        return (z_b - t) * torch.exp(-s), -_sum_except_batch(s)
