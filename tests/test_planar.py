@@ -40,7 +40,7 @@ def test_planar_constraint_and_nearly_singular_case():
     with torch.no_grad():
         layer.w.copy_(torch.tensor([1.0, -2.0, 0.5, 0.0]))
         layer.u.copy_(-3 * layer.w)  # w^T u = -15.75: unconstrained, this map would fold
-    slope_min = 1 + float(layer.w @ layer.u_hat().detach())  # det of the Jacobian at a = 0, about 1.4e-7
+    slope_min = 1 + float((layer.w @ layer.u_hat()).detach())  # det of the Jacobian at a = 0, about 1.4e-7
     assert 0 < slope_min < 1e-6
     x = torch.linspace(-3, 3, 41, dtype=torch.float64)[:, None] * layer.w / layer.w.norm()
     check_transform(layer, x)  # points along w, where the map is flattest
