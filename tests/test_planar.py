@@ -42,7 +42,7 @@ def test_planar_constraint_and_nearly_singular_case():
         layer.u.copy_(-3 * layer.w)  # w^T u = -15.75: unconstrained, this map would fold
     slope_min = 1 + float((layer.w @ layer.u_hat()).detach())  # det of the Jacobian at a = 0, about 1.4e-7
     assert 0 < slope_min < 1e-6
-    x = torch.linspace(-3, 3, 41, dtype=torch.float64)[:, None] * layer.w / layer.w.norm()
+    x = (torch.linspace(-3, 3, 41, dtype=torch.float64)[:, None] * layer.w / layer.w.norm()).detach()
     check_transform(layer, x)  # points along w, where the map is flattest
     for seed in range(5):
         perturb(layer, scale=3.0, seed=seed)
