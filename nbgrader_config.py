@@ -49,6 +49,7 @@ c.Execute.startup_timeout = 60
 c.Execute.interrupt_on_timeout = True
 c.Execute.iopub_timeout = 10
 c.Execute.execute_retries = 0
+c.Execute.shutdown_kernel = "immediate"  # the kernel's scratch folder is thrown away anyway; saves ~2.5 s
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 40
 
@@ -56,12 +57,26 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (  # noqa: E402
     AssignLatePenalties,
     CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
     IgnorePattern,
     LimitOutput,
+    OverwriteCells,
+    OverwriteKernelspec,
     SaveAutoGrades,
 )
 
+from course_tools.restore import RestoreDeletedCells  # noqa: E402
 from course_tools.sandbox import SandboxedExecute  # noqa: E402
+
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput,
+    DeduplicateIds,
+    OverwriteKernelspec,
+    RestoreDeletedCells,  # deleted test/locked cells come back (then OverwriteCells restores their source)
+    OverwriteCells,
+    CheckCellMetadata,
+]
 
 c.Autograde.autograde_preprocessors = [
     SandboxedExecute,

@@ -85,6 +85,7 @@ class Preflight:
     problems: list[Problem] = field(default_factory=list)
     broken: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names with bad JSON
     refused: list[str] = field(default_factory=list)  # not graded at all (symlinks)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names not submitted
 
 
 def notebooks_of(assignment: str) -> list[str]:
@@ -112,6 +113,7 @@ def preflight(assignment: str, student: str | None) -> Preflight:
         for nb in notebooks_of(assignment):
             path = os.path.join(folder, nb + ".ipynb")
             if not os.path.exists(path):
+                pf.missing.setdefault(s, []).append(nb)
                 pf.problems.append(Problem(s, f"{nb}.ipynb is missing: graded 0", "WARN"))
                 continue
             try:
@@ -134,6 +136,11 @@ def _zero_notebook(assignment: str, student: str, notebook: str) -> None:
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(db_url(), course_id()) as gb:
+        gb.update_or_create_student(student)
+        try:
+            gb.find_submission(assignment, student)
+        except MissingEntry:
+            gb.update_or_create_submission(assignment, student)
         try:
             nb = gb.find_submission_notebook(notebook, assignment, student)
         except MissingEntry:
@@ -187,22 +194,16 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True) -> i
         if not pf.students:
             print(f"{a}: no submissions in {os.path.join(work_dir(), 'submitted')}")
             continue
-        targets = [s for s in pf.students if s not in pf.refused]
         args = ["autograde", a] + (["--force"] if force else [])
         if student:
             args += ["--student", student]
-        elif pf.refused:
-            # nbgrader has no "all but these": grade each accepted student (same process cost per student)
-            args = None
-        if args is not None:
+        if pf.refused:
+            args += ["--CourseDirectory.student_id_exclude=" + ",".join(pf.refused)]
+        log = ""
+        if not (student and student in pf.refused):
             res = nbgrader(*args, check=False, quiet=True)
             log = res.stdout + res.stderr
-        else:
-            log = ""
-            for s in targets:
-                r = nbgrader("autograde", a, "--student", s, *(["--force"] if force else []), check=False, quiet=True)
-                log += r.stdout + r.stderr
-        for s, nbs in pf.broken.items():
+        for s, nbs in list(pf.broken.items()) + list(pf.missing.items()):
             for nb in nbs:
                 _zero_notebook(a, s, nb)
         failed = {line.split("for student '")[1].split("'")[0] for line in log.splitlines()
@@ -211,23 +212,24 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True) -> i
         print(f"== {a}: {len(pf.students)} submission(s) in {time.time() - t0:.1f} s ==")
         for s in pf.students:
             notes = [p for p in pf.problems if p.student == s]
+            serious = [p for p in notes if p.level != "INFO"]
             if s in pf.refused:
                 line = f"  REFUSED {s}"
             elif s in table:
                 sc, mx, manual = table[s]
-                line = f"  {'OK' if not notes and s not in failed else 'CHECK':7s} {s}: {sc:g}/{mx:g} autograded" + \
+                line = f"  {'OK' if not serious and s not in failed else 'CHECK':7s} {s}: {sc:g}/{mx:g} autograded" + \
                     (" (+ manual grading pending)" if manual else "")
             else:
                 line = f"  ERROR   {s}: not in the gradebook"
             print(line)
             for p in notes:
                 print(f"      {p.level}: {p.message}")
-            if s in failed and s not in pf.broken:
+            if s in failed and s not in pf.broken and s not in pf.missing:
                 print("      ERROR: nbgrader could not process this submission; see grading/autograde.log")
             if s in table:
                 for msg in cell_problems(a, s):
                     print(f"      NOTE: {msg}")
-        if failed - set(pf.broken) or pf.refused:
+        if failed - set(pf.broken) - set(pf.missing) or pf.refused:
             status = 1
         with open(os.path.join(work_dir(), "autograde.log"), "a", encoding="utf-8") as fh:
             fh.write(log)
@@ -246,6 +248,25 @@ def cmd_feedback(assignment: str, student: str | None) -> None:
             r = nbgrader("release_feedback", assignment, "--student", s, check=False, quiet=True)
             ok = "released" if r.returncode == 0 else "generated (not released: no exchange submission)"
             print(f"feedback {s}/{assignment}: {ok}")
+
+
+def cmd_collect(assignment: str, student: str | None) -> int:
+    """nbgrader collect, after refusing symbolic links in the exchange (collect would copy their targets)."""
+    inbound = os.path.join(os.environ.get("NBGRADER_EXCHANGE") or os.path.join(work_dir(), "exchange"),
+                           course_id(), "inbound")
+    links = []
+    for root, dirs, files in os.walk(inbound):
+        if f"+{assignment}+" not in root:
+            continue
+        links += [os.path.join(root, n) for n in dirs + files if os.path.islink(os.path.join(root, n))]
+    if links:
+        print("REFUSED: symbolic links in the exchange; collect would copy what they point to with your rights:")
+        for link in links:
+            print(f"  {link} -> {os.readlink(link)}")
+        print("Remove these links (they are not the student's files) and collect again.")
+        return 1
+    nbgrader("collect", assignment, *(["--student", student] if student else []), "--update")
+    return 0
 
 
 def cmd_status() -> None:
@@ -293,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     elif ns.cmd == "release":
         nbgrader("release_assignment", ns.assignment, "--force")
     elif ns.cmd == "collect":
-        nbgrader("collect", ns.assignment, *(["--student", ns.student] if ns.student else []), "--update")
+        return cmd_collect(ns.assignment, ns.student)
     elif ns.cmd == "autograde":
         return cmd_autograde(ns.assignment, ns.student, force=not ns.no_force)
     elif ns.cmd == "feedback":

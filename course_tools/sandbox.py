@@ -106,7 +106,8 @@ class SandboxKernelManager(AsyncKernelManager):
             p = os.path.abspath(p)
             if os.path.isdir(p) and not os.path.islink(p) and p not in out and p != "/":
                 out.append(p)
-        return out
+        # parents first: a tmpfs mounted on /tmp after one on /tmp/course would cover it again
+        return sorted(out, key=lambda p: p.count(os.sep))
 
     def sandbox_command(self, kernel_cmd: list[str], cwd: str) -> list[str]:
         exe = shutil.which(self.bwrap) or self.bwrap
@@ -125,6 +126,11 @@ class SandboxKernelManager(AsyncKernelManager):
         cmd += ["--dir", "/tmp/home"]
         # The notebook's folder: a scratch copy, mounted where the notebook expects it.
         cmd += ["--bind", self._scratch, cwd, "--bind", self._private_dir, self._private_dir, "--chdir", cwd]
+        # The empty stand-ins for hidden folders are read-only (writes fail instead of vanishing).
+        tmp = os.path.realpath(tempfile.gettempdir())
+        for p in self._hidden_paths() + [repo]:
+            if os.path.realpath(p) != tmp:
+                cmd += ["--remount-ro", p]
         env = {"HOME": "/tmp/home", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "LANG": os.environ.get("LANG", "C.UTF-8"), "MPLBACKEND": "Agg",
                "MPLCONFIGDIR": "/tmp/home/.mpl", "PYTHONDONTWRITEBYTECODE": "1",
@@ -190,23 +196,21 @@ class SandboxedExecute(Execute):
         self._kernel_dead = False
         return super().preprocess(nb, resources, km)
 
-    async def async_execute_cell(self, cell: NotebookNode, cell_index: int, execution_count: int | None = None,
-                                 store_history: bool = True) -> NotebookNode:
+    def preprocess_cell(self, cell: NotebookNode, resources: t.Any, index: int):  # type: ignore[override]
         if cell.cell_type != "code" or not cell.source.strip():
-            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            return super().preprocess_cell(cell, resources, index)
         if self._kernel_dead:
             cell.outputs = [_error_output("KernelDied", "not executed: the kernel died in an earlier cell")]
-            return cell
+            return cell, resources
         try:
-            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            return super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
             self._kernel_dead = True
-            self.log.error("The kernel died while executing cell %d; this cell and the ones after it "
-                           "score 0", cell_index)
+            self.log.error("The kernel died while executing cell %d; this cell and the ones after it score 0", index)
             cell.outputs = list(cell.get("outputs", [])) + [
                 _error_output("KernelDied", "the kernel died while running this cell (os._exit, crash or "
                               "out of memory); the cells after it were not executed")]
-            return cell
+            return cell, resources
 
 
 def _error_output(ename: str, evalue: str) -> NotebookNode:

@@ -1,0 +1,102 @@
+"""Patterns that must never appear in anything students see (student notebooks, the built book).
+
+``leak_patterns()`` reads every notebook under ``solutions/`` and returns the nbgrader markers plus every
+distinctive line of solution regions and hidden-test regions (lines also present in the student version are
+dropped, e.g. a ``def`` line).  ``find_leaks(paths)`` searches notebooks, HTML or text files for them; HTML is
+reduced to its text first (tags removed, entities decoded) so syntax-highlighted code is matched too.
+
+    from course_tools.leaks import find_leaks
+    assert find_leaks(pathlib.Path("_build/html").rglob("*.html")) == []
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from collections.abc import Iterable
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKERS = ["BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "BEGIN MARK SCHEME",
+           "hidden test:"]
+MIN_LEN = 16
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _regions(source: str, begin: str, end: str) -> list[str]:
+    out, inside = [], False
+    for line in source.splitlines():
+        if begin in line:
+            inside = True
+        elif end in line:
+            inside = False
+        elif inside:
+            out.append(line)
+    return out
+
+
+def _cells(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh).get("cells", [])
+
+
+def leak_patterns(solutions_dir: str | None = None, release_dir: str | None = None) -> list[str]:
+    """Markers + distinctive lines of solutions and hidden tests (whitespace-normalised)."""
+    solutions_dir = solutions_dir or os.path.join(REPO, "solutions")
+    release_dir = release_dir or os.path.join(REPO, "assignments")
+    patterns: set[str] = set()
+    for root, _dirs, files in os.walk(solutions_dir):
+        for f in files:
+            if not f.endswith(".ipynb") or ".ipynb_checkpoints" in root:
+                continue
+            path = os.path.join(root, f)
+            student = os.path.join(release_dir, os.path.relpath(path, solutions_dir))
+            allowed = set()
+            if os.path.exists(student):
+                for c in _cells(student):
+                    allowed |= {_norm(l) for l in "".join(c.get("source", "")).splitlines()}
+            for c in _cells(path):
+                src = "".join(c.get("source", ""))
+                meta = c.get("metadata", {}).get("nbgrader", {})
+                if c.get("cell_type") == "markdown" and meta.get("solution"):
+                    src = "BEGIN SOLUTION\n" + src + "\nEND SOLUTION"  # the whole cell is the model answer
+                lines = _regions(src, "BEGIN SOLUTION", "END SOLUTION") + \
+                    _regions(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+                for line in lines:
+                    n = _norm(line)
+                    if len(n) >= MIN_LEN and n not in allowed and not n.startswith("#"):
+                        patterns.add(n)
+    return MARKERS + sorted(patterns)
+
+
+def _text_of(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        raw = fh.read()
+    if path.endswith(".ipynb"):
+        try:
+            nb = json.loads(raw)
+            parts = []
+            for c in nb.get("cells", []):
+                parts.append("".join(c.get("source", "")))
+                for o in c.get("outputs", []):
+                    parts.append("".join(o.get("text", "")) + json.dumps(o.get("data", {})))
+            raw = "\n".join(parts)
+        except ValueError:
+            pass
+    elif path.endswith((".html", ".htm")):
+        raw = html.unescape(re.sub(r"<[^>]+>", "", raw))
+    return _norm(raw)
+
+
+def find_leaks(paths: Iterable, patterns: list[str] | None = None) -> list[tuple[str, str]]:
+    """[(file, pattern)] for every pattern found in a file; [] when nothing leaks."""
+    patterns = patterns if patterns is not None else leak_patterns()
+    hits = []
+    for p in paths:
+        text = _text_of(str(p))
+        hits += [(str(p), pat) for pat in patterns if pat in text]
+    return hits
