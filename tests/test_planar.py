@@ -46,7 +46,7 @@ def test_planar_constraint_and_nearly_singular_case():
     check_transform(layer, x)  # points along w, where the map is flattest
     for seed in range(5):
         perturb(layer, scale=3.0, seed=seed)
-        assert float(layer.w @ layer.u_hat().detach()) > -1
+        assert float((layer.w @ layer.u_hat()).detach()) > -1
 
 
 def test_radial_constraint_and_points_near_centre():
