@@ -55,7 +55,7 @@ def test_radial_constraint_and_points_near_centre():
         layer.alpha_raw.fill_(0.7)
         layer.beta_raw.fill_(-12.0)  # beta close to -alpha: strong contraction
         layer.z0.copy_(torch.tensor([0.5, -1.0, 0.0, 2.0]))
-    alpha, beta = layer.alpha_beta()
+    alpha, beta = (t.detach() for t in layer.alpha_beta())
     assert float(beta) > -float(alpha)
     # (much closer than 1e-3 to z0, z - z0 is below the resolution of z itself: no method can invert it)
     x = layer.z0 + torch.cat([1e-3 * torch.randn(3, D, dtype=torch.float64), data()])
