@@ -58,7 +58,7 @@ def test_radial_constraint_and_points_near_centre():
     alpha, beta = (t.detach() for t in layer.alpha_beta())
     assert float(beta) > -float(alpha)
     # (much closer than 1e-3 to z0, z - z0 is below the resolution of z itself: no method can invert it)
-    x = layer.z0 + torch.cat([1e-3 * torch.randn(3, D, dtype=torch.float64), data()])
+    x = layer.z0.detach() + torch.cat([1e-3 * torch.randn(3, D, dtype=torch.float64), data()])
     check_transform(layer, x)
 
 
