@@ -53,3 +53,11 @@ __all__ += [
     "MultiScale",
     "GlowStep",
 ]
+
+from flowlib.transforms.autoregressive import IAF, MADE, MAF, MaskedLinear, iaf, maf  # noqa: E402
+from flowlib.transforms.cnf import CNF  # noqa: E402
+from flowlib.transforms.iresnet import IResBlock, LipSwish  # noqa: E402
+from flowlib.transforms.planar import Planar, Radial, Sylvester  # noqa: E402
+
+__all__ += ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf", "Planar", "Radial", "Sylvester"]
+__all__ += ["IResBlock", "LipSwish", "CNF"]
