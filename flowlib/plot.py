@@ -1,0 +1,248 @@
+"""Plots for the book (matplotlib only): densities, samples, what each flow layer does, image grids.
+
+Every function is deterministic (randomness only through ``seed``) and returns the figure and axes it
+drew on (``animate_flow`` returns a ``FuncAnimation``; ``to_html`` turns it into self-contained HTML).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.animation import FuncAnimation
+
+from flowlib._validate import check_int, check_tensor
+from flowlib.transforms.base import Compose
+
+__all__ = ["density_heatmap", "scatter_samples", "plot_flow_layers", "animate_flow", "to_html", "image_grid"]
+
+DEFAULT_BOUNDS = ((-4.0, 4.0), (-4.0, 4.0))
+
+
+def _axes(ax, figsize=(4, 4)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
+def _like(obj):
+    """dtype and device to evaluate ``obj`` with: those of its first parameter/buffer, else float32 CPU."""
+    if isinstance(obj, torch.nn.Module):
+        for t in list(obj.parameters()) + list(obj.buffers()):
+            if t.is_floating_point():
+                return t.dtype, t.device
+    return torch.float32, torch.device("cpu")
+
+
+def _np(t):
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def density_heatmap(log_prob_fn, ax=None, bounds=DEFAULT_BOUNDS, grid: int = 200, cmap: str = "viridis"):
+    """Draw ``exp(log_prob_fn(x))`` on a ``grid x grid`` lattice over ``bounds = ((x0, x1), (y0, y1))``.
+
+    ``log_prob_fn`` maps a ``(B, 2)`` tensor to ``(B,)`` log-densities (a model's ``log_prob``, a model, or
+    e.g. ``flowlib.data.two_moons_log_prob``); it runs under ``torch.no_grad()`` in the model's dtype and
+    device. Returns ``(fig, ax)``.
+    """
+    check_int(grid, "grid", minimum=2)
+    (x0, x1), (y0, y1) = bounds
+    dtype, device = _like(getattr(log_prob_fn, "__self__", log_prob_fn))
+    xs = torch.linspace(x0, x1, grid, dtype=dtype, device=device)
+    ys = torch.linspace(y0, y1, grid, dtype=dtype, device=device)
+    X, Y = torch.meshgrid(xs, ys, indexing="xy")  # rows follow y
+    points = torch.stack([X.reshape(-1), Y.reshape(-1)], 1)
+    with torch.no_grad():
+        log_p = torch.cat([log_prob_fn(chunk) for chunk in points.split(16384)])
+    fig, ax = _axes(ax)
+    ax.imshow(
+        _np(log_p.exp().reshape(grid, grid)),
+        origin="lower",
+        extent=(x0, x1, y0, y1),
+        cmap=cmap,
+        aspect="auto",
+        interpolation="nearest",
+    )
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    return fig, ax
+
+
+def scatter_samples(samples, ax=None, bounds=None, s: float = 2.0, alpha: float = 0.5, color="C0", **kwargs):
+    """Scatter plot of ``(n, 2)`` samples (tensor or array), equal aspect; ``bounds`` fixes the limits."""
+    pts = _np(samples)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"samples must have shape (n, 2), got {pts.shape}")
+    fig, ax = _axes(ax)
+    ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, linewidths=0, **kwargs)
+    if bounds is not None:
+        ax.set_xlim(*bounds[0])
+        ax.set_ylim(*bounds[1])
+    ax.set_aspect("equal")
+    return fig, ax
+
+
+def _grid_lines(bounds, n_lines, points_per_line, dtype, device):
+    """``2 n_lines`` polylines (horizontal then vertical) as one ``(2 n_lines * P, 2)`` tensor."""
+    (x0, x1), (y0, y1) = bounds
+    t = torch.linspace(0, 1, points_per_line, dtype=dtype, device=device)
+    lines = []
+    for c in torch.linspace(0, 1, n_lines, dtype=dtype, device=device):
+        lines.append(torch.stack([x0 + (x1 - x0) * t, (y0 + (y1 - y0) * c).expand_as(t)], 1))
+    for c in torch.linspace(0, 1, n_lines, dtype=dtype, device=device):
+        lines.append(torch.stack([(x0 + (x1 - x0) * c).expand_as(t), y0 + (y1 - y0) * t], 1))
+    return torch.cat(lines)
+
+
+def _stages(flow, points, direction, bounds, n_lines, points_per_line):
+    """Per-stage points and grid lines: lists of numpy arrays ``(n, 2)`` and ``(2 n_lines, P, 2)``."""
+    check_tensor(points, name="points", event_shape=(2,))
+    if bounds is None:
+        lo, hi = points.min(0).values, points.max(0).values
+        bounds = ((float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])))
+    lines = _grid_lines(bounds, n_lines, points_per_line, points.dtype, points.device)
+    hs = flow.intermediates(points, direction)
+    gs = flow.intermediates(lines, direction)
+    pts = [_np(h) for h in hs]
+    grids = [_np(g).reshape(2 * n_lines, points_per_line, 2) for g in gs]
+    layers = list(flow.transform) if isinstance(flow.transform, Compose) else [flow.transform]
+    names = [type(t).__name__ for t in (layers if direction == "forward" else layers[::-1])]
+    return pts, grids, names
+
+
+def _draw_stage(ax, pts, grid, title, s, bounds=None):
+    for line in grid:
+        ax.plot(line[:, 0], line[:, 1], color="0.6", lw=0.6)
+    ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=0.5, color="C0", linewidths=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    if bounds is not None:
+        ax.set_xlim(*bounds[0])
+        ax.set_ylim(*bounds[1])
+
+
+def plot_flow_layers(
+    flow,
+    points,
+    direction: str = "inverse",
+    bounds=None,
+    n_lines: int = 11,
+    points_per_line: int = 100,
+    max_cols: int = 5,
+    s: float = 2.0,
+):
+    """One panel per stage of a 2-D flow: how it moves ``points`` and a grid of lines.
+
+    ``direction="inverse"`` (generation) starts from base-space ``points`` (e.g. ``flow.base.sample(n)``);
+    ``"forward"`` (normalization) from data. The grid covers ``bounds`` (default: the points' bounding
+    box) in the starting space; every panel shows ``Flow.intermediates`` after one more layer.
+    Returns ``(fig, axes)`` with ``axes`` a flat array.
+    """
+    pts, grids, names = _stages(flow, points, direction, bounds, n_lines, points_per_line)
+    n = len(pts)
+    ncols = min(check_int(max_cols, "max_cols"), n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows), squeeze=False)
+    axes = axes.ravel()
+    titles = ["input" if direction == "forward" else "base samples"] + [
+        f"{i + 1}: {nm}" for i, nm in enumerate(names)
+    ]
+    for ax, p, g, title in zip(axes, pts, grids, titles):
+        _draw_stage(ax, p, g, title, s)
+    for ax in axes[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig, axes
+
+
+def animate_flow(
+    flow,
+    points=None,
+    direction: str = "inverse",
+    frames: int = 8,
+    n_samples: int = 1000,
+    seed: int = 0,
+    bounds=None,
+    n_lines: int = 11,
+    interval: int = 80,
+    s: float = 2.0,
+):
+    """Animate a 2-D flow layer by layer: ``frames`` frames linearly interpolate each layer's move.
+
+    Frame ``f`` of transition ``k`` shows ``(1 - a) h_k + a h_{k+1}``, ``a = f / frames``. Without
+    ``points``, draws ``n_samples`` base samples with ``seed`` (generation). Axis limits are fixed
+    (``bounds``, default the central 99% of all stages) so motion is comparable. Returns a
+    ``FuncAnimation``; show it in the book with ``to_html(anim)``. The figure is closed so that notebooks
+    do not also print a static copy.
+    """
+    frames = check_int(frames, "frames")
+    if points is None:
+        if direction != "inverse":
+            raise ValueError("direction='forward' needs data points")
+        dtype, device = _like(flow)
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        with torch.no_grad():
+            points = flow.base.sample(check_int(n_samples, "n_samples"), generator=gen)
+    pts, grids, names = _stages(flow, points, direction, None, n_lines, 50)
+    if bounds is None:
+        allp = np.concatenate(pts)
+        allp = allp[np.isfinite(allp).all(1)]
+        lo, hi = np.percentile(allp, 0.5, axis=0), np.percentile(allp, 99.5, axis=0)
+        pad = 0.1 * (hi - lo)
+        bounds = ((lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
+    fig, ax = plt.subplots(figsize=(4, 4))
+    n_total = (len(pts) - 1) * frames + 1
+
+    def update(f):
+        k, a = min(f // frames, len(pts) - 2), (f - min(f // frames, len(pts) - 2) * frames) / frames
+        if len(pts) == 1:
+            k, a = 0, 0.0
+        p = pts[k] if a == 0 else (1 - a) * pts[k] + a * pts[k + 1]
+        g = grids[k] if a == 0 else (1 - a) * grids[k] + a * grids[k + 1]
+        ax.clear()
+        title = "base samples" if direction == "inverse" else "input"
+        if k > 0 or a > 0:
+            title = f"layer {k + 1}/{len(names)}: {names[k]}" if a > 0 else f"after layer {k}/{len(names)}"
+        _draw_stage(ax, p, g, title, s, bounds)
+        return ()
+
+    anim = FuncAnimation(fig, update, frames=n_total, interval=interval, blit=False)
+    plt.close(fig)
+    return anim
+
+
+def to_html(anim) -> str:
+    """Self-contained HTML/JavaScript player for an animation (frames embedded; no CDN, plays offline)."""
+    return anim.to_jshtml()
+
+
+def image_grid(images, nrow: int = 8, ax=None, padding: int = 1, cmap: str = "gray", vmin=None, vmax=None):
+    """Tile images ``(B, C, H, W)`` (C = 1 or 3) or ``(B, H, W)`` into one picture, ``nrow`` images per row.
+
+    Values are shown as they are (``vmin``/``vmax`` fix the grey scale; RGB is clipped to [0, 1]).
+    Returns ``(fig, ax)``.
+    """
+    x = _np(images).astype(np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (B, C, H, W) with C in (1, 3), or (B, H, W); got {x.shape}")
+    nrow = check_int(nrow, "nrow")
+    B, C, H, W = x.shape
+    ncol_imgs, nrows = min(nrow, B), math.ceil(B / nrow)
+    canvas = np.full(
+        (C, nrows * (H + padding) + padding, ncol_imgs * (W + padding) + padding), np.nan, np.float32
+    )
+    for b in range(B):
+        r, c = divmod(b, nrow)
+        top, left = padding + r * (H + padding), padding + c * (W + padding)
+        canvas[:, top : top + H, left : left + W] = x[b]
+    fig, ax = _axes(ax, figsize=(0.6 * ncol_imgs + 0.5, 0.6 * nrows + 0.5))
+    if C == 1:
+        ax.imshow(canvas[0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    else:
+        ax.imshow(np.nan_to_num(canvas.transpose(1, 2, 0), nan=1.0).clip(0, 1), interpolation="nearest")
+    ax.axis("off")
+    return fig, ax

@@ -1,0 +1,129 @@
+"""Plot helpers return figures, are deterministic, and the animation HTML is self-contained."""
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.animation import FuncAnimation  # noqa: E402
+
+from flowlib import data, plot  # noqa: E402
+from flowlib.distributions import StandardNormal  # noqa: E402
+from flowlib.flow import Flow  # noqa: E402
+from flowlib.transforms.base import Compose, Transform  # noqa: E402
+
+
+class Affine(Transform):
+    """Test helper: z = a * x + b (elementwise), log-det sum log|a|."""
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = torch.tensor(a), torch.tensor(b)
+        self.event_shape = (2,)
+
+    def _forward(self, x):
+        return self.a * x + self.b, self.a.abs().log().sum().expand(x.shape[0])
+
+    def _inverse(self, z):
+        return (z - self.b) / self.a, -self.a.abs().log().sum().expand(z.shape[0])
+
+
+class Shear(Transform):
+    """Test helper: z = (x1, x2 + x1^2 / 4), log-det 0."""
+
+    event_shape = (2,)
+
+    def _forward(self, x):
+        return torch.stack([x[:, 0], x[:, 1] + x[:, 0] ** 2 / 4], 1), x.new_zeros(x.shape[0])
+
+    def _inverse(self, z):
+        return torch.stack([z[:, 0], z[:, 1] - z[:, 0] ** 2 / 4], 1), z.new_zeros(z.shape[0])
+
+
+@pytest.fixture
+def flow():
+    return Flow(
+        Compose(Affine([2.0, 0.5], [0.3, -1.0]), Shear(), Affine([0.7, 1.2], [0.0, 0.5])), StandardNormal(2)
+    )
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def pixels(fig):
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+
+def test_density_heatmap(flow):
+    fig, ax = plot.density_heatmap(data.eight_gaussians_log_prob, grid=50)
+    assert isinstance(fig, plt.Figure) and len(ax.images) == 1
+    img = ax.images[0].get_array()
+    assert img.shape == (50, 50) and np.isfinite(img).all()
+    # rows follow y: the mixture is symmetric, and a shifted density moves the image
+    fig2, ax2 = plot.density_heatmap(flow.log_prob, grid=40, bounds=((-5, 5), (-5, 5)))
+    assert ax2.get_xlim() == (-5, 5)
+    _, ax3 = plot.density_heatmap(lambda x: -((x - torch.tensor([2.0, 0.0])) ** 2).sum(1), grid=41)
+    arr = ax3.images[0].get_array()
+    assert np.unravel_index(np.argmax(arr), arr.shape) == (20, 30)  # (row = y = 0, column = x = 2)
+    assert np.array_equal(
+        pixels(fig), pixels(plot.density_heatmap(data.eight_gaussians_log_prob, grid=50)[0])
+    )
+
+
+def test_scatter_samples():
+    fig, ax = plot.scatter_samples(data.two_moons(300), bounds=((-2, 3), (-2, 2)))
+    assert len(ax.collections) == 1 and ax.get_xlim() == (-2, 3)
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        plot.scatter_samples(torch.zeros(5, 3))
+
+
+def test_plot_flow_layers(flow):
+    z = StandardNormal(2).sample(200, generator=torch.Generator().manual_seed(0))
+    fig, axes = plot.plot_flow_layers(flow, z, direction="inverse", max_cols=3)
+    assert len(axes) == 6 and axes[0].get_title() == "base samples"
+    assert [a.get_title() for a in axes[1:4]] == ["1: Affine", "2: Shear", "3: Affine"]
+    # the last panel shows the generated samples
+    offsets = axes[3].collections[0].get_offsets()
+    with torch.no_grad():
+        np.testing.assert_allclose(offsets, flow.transform.inverse(z)[0].numpy(), rtol=1e-5, atol=1e-5)
+    assert not axes[4].axison and not axes[5].axison
+    fig2, axes2 = plot.plot_flow_layers(flow, data.two_moons(100), direction="forward")
+    assert axes2[0].get_title() == "input" and len(axes2) == 4
+    assert np.array_equal(
+        pixels(fig), pixels(plot.plot_flow_layers(flow, z, direction="inverse", max_cols=3)[0])
+    )
+
+
+def test_animate_flow_offline_html(flow):
+    anim = plot.animate_flow(flow, frames=2, n_samples=100, seed=0)
+    assert isinstance(anim, FuncAnimation)
+    html = plot.to_html(anim)
+    assert "<script" in html and "<img" in html
+    assert not re.search(r"<script[^>]*src=[\"']?https?:", html)
+    assert not re.search(r"src=[\"']?https?:", html)
+    # 3 layers x 2 frames + the final frame, embedded as images
+    assert html.count("data:image/png;base64") == 7
+    with pytest.raises(ValueError, match="needs data points"):
+        plot.animate_flow(flow, direction="forward")
+
+
+def test_image_grid():
+    images = data.digits("test")[:10]
+    fig, ax = plot.image_grid(images, nrow=4)
+    arr = ax.images[0].get_array()
+    assert arr.shape == (3 * 9 + 1, 4 * 9 + 1)  # 3 rows of 4, 8x8 images, 1-pixel padding
+    np.testing.assert_array_equal(arr[1:9, 1:9], images[0, 0].numpy())
+    rgb = torch.rand(5, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    _, ax = plot.image_grid(rgb, nrow=5)
+    assert ax.images[0].get_array().shape == (6, 26, 3)  # one row of five 4x4 RGB images
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        plot.image_grid(torch.zeros(2, 2, 4, 4))
