@@ -185,22 +185,45 @@ def scores(assignment: str) -> dict[str, tuple[float, float, bool]]:
     return res
 
 
-def cmd_autograde(assignment: str, student: str | None, force: bool = True) -> int:
+def cmd_autograde_parallel(assignment: str, jobs: int, force: bool) -> int:
+    """Grade disjoint shards of the students in `jobs` separate nbgrader processes (not with SQLite)."""
+    if db_url().startswith("sqlite"):
+        raise SystemExit("--jobs > 1 needs a server gradebook (NBGRADER_DB_URL=postgresql://...): SQLite allows "
+                         "one writer at a time and concurrent nbgrader runs fail with 'database is locked'")
+    base = [sys.executable, "-m", "course_tools", "autograde", assignment] + ([] if force else ["--no-force"])
+    procs = [subprocess.Popen(base + ["--shard", f"{i}/{jobs}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+             for i in range(jobs)]
+    status = 0
+    for p in procs:
+        out, _ = p.communicate()
+        sys.stdout.write(out)
+        status |= p.returncode
+    return status
+
+
+def cmd_autograde(assignment: str, student: str | None, force: bool = True, shard: str | None = None) -> int:
     assignments = source_assignments() if assignment in (None, "all") else [assignment]
     status = 0
     for a in assignments:
         t0 = time.time()
         pf = preflight(a, student)
+        excluded: list[str] = []
+        if shard:
+            k, n = (int(x) for x in shard.split("/"))
+            mine = pf.students[k::n]
+            excluded = [s for s in pf.students if s not in mine]
+            pf.problems = [p for p in pf.problems if p.student in mine]
+            pf.students = mine
         if not pf.students:
             print(f"{a}: no submissions in {os.path.join(work_dir(), 'submitted')}")
             continue
         args = ["autograde", a] + (["--force"] if force else [])
         if student:
             args += ["--student", student]
-        if pf.refused:
-            args += ["--CourseDirectory.student_id_exclude=" + ",".join(pf.refused)]
+        if pf.refused or excluded:
+            args += ["--CourseDirectory.student_id_exclude=" + ",".join(pf.refused + excluded)]
         log = ""
-        if not (student and student in pf.refused):
+        if pf.students and not (student and student in pf.refused):
             res = nbgrader(*args, check=False, quiet=True)
             log = res.stdout + res.stderr
         for s, nbs in list(pf.broken.items()) + list(pf.missing.items()):
@@ -302,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("assignment", nargs="?", default="all")
     a.add_argument("--student")
     a.add_argument("--no-force", action="store_true", help="skip submissions already autograded")
+    a.add_argument("--jobs", type=int, default=1, help="grade in N parallel processes (PostgreSQL gradebook only)")
+    a.add_argument("--shard", help=argparse.SUPPRESS)
     f = sub.add_parser("feedback", help="generate and release feedback")
     f.add_argument("assignment")
     f.add_argument("--student")
@@ -316,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     elif ns.cmd == "collect":
         return cmd_collect(ns.assignment, ns.student)
     elif ns.cmd == "autograde":
-        return cmd_autograde(ns.assignment, ns.student, force=not ns.no_force)
+        if ns.jobs > 1 and not ns.student:
+            return cmd_autograde_parallel(ns.assignment, ns.jobs, force=not ns.no_force)
+        return cmd_autograde(ns.assignment, ns.student, force=not ns.no_force, shard=ns.shard)
     elif ns.cmd == "feedback":
         cmd_feedback(ns.assignment, ns.student)
     elif ns.cmd == "export":

@@ -44,8 +44,9 @@ def _cells(path: str) -> list[dict]:
         return json.load(fh).get("cells", [])
 
 
-def leak_patterns(solutions_dir: str | None = None, release_dir: str | None = None) -> list[str]:
-    """Markers + distinctive lines of solutions and hidden tests (whitespace-normalised)."""
+def leak_patterns(solutions_dir: str | None = None, release_dir: str | None = None,
+                  solutions: bool = True, hidden_tests: bool = True) -> list[str]:
+    """Markers + distinctive lines of solutions and/or hidden tests (whitespace-normalised)."""
     solutions_dir = solutions_dir or os.path.join(REPO, "solutions")
     release_dir = release_dir or os.path.join(REPO, "assignments")
     patterns: set[str] = set()
@@ -64,13 +65,14 @@ def leak_patterns(solutions_dir: str | None = None, release_dir: str | None = No
                 meta = c.get("metadata", {}).get("nbgrader", {})
                 if c.get("cell_type") == "markdown" and meta.get("solution"):
                     src = "BEGIN SOLUTION\n" + src + "\nEND SOLUTION"  # the whole cell is the model answer
-                lines = _regions(src, "BEGIN SOLUTION", "END SOLUTION") + \
-                    _regions(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+                lines = (_regions(src, "BEGIN SOLUTION", "END SOLUTION") if solutions else []) + \
+                    (_regions(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS") if hidden_tests else [])
                 for line in lines:
                     n = _norm(line)
                     if len(n) >= MIN_LEN and n not in allowed and not n.startswith("#"):
                         patterns.add(n)
-    return MARKERS + sorted(patterns)
+    markers = MARKERS if solutions else [m for m in MARKERS if "SOLUTION" not in m]
+    return markers + sorted(patterns)
 
 
 def _text_of(path: str) -> str:

@@ -127,9 +127,9 @@ def wrong_answer(solution_code: str) -> str:
 
 _right_{name} = {name}
 def {name}(*args, **kwargs):
-    import torch as _tt
+    import torch as _torch_w
     def _shift(o):
-        if isinstance(o, _tt.Tensor) and o.is_floating_point():
+        if isinstance(o, _torch_w.Tensor) and o.is_floating_point():
             return o + 0.5
         if isinstance(o, tuple):
             return tuple(_shift(e) for e in o)
@@ -186,7 +186,8 @@ _try("write_other_submission", lambda: open({os.path.join(work, "submitted", vic
 _try("write_other_autograded", lambda: open({os.path.join(work, "autograded", victim, assignment, nb_name)!r}, "w").write("{{}}"))
 _try("write_own_submission", lambda: open({os.path.join(work, "submitted", me, assignment, nb_name)!r}, "a").write(" "))
 _try("write_solutions", lambda: open({sol!r}, "a").write(" "))
-_try("home_dir", lambda: _os.listdir("/root"))
+# the interpreter may live under a home directory (pyenv): it is the only thing exposed there
+_try("home_dir", lambda: [n for n in _os.listdir("/root") if n != ".pyenv"] or 1 / 0)
 _try("network_loopback", lambda: _socket.create_connection(("127.0.0.1", 22), timeout=1))
 _try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in ("TOKEN", "DB_URL", "PASS", "PG"))] or 1 / 0)
 _try("plant_symlink_to_gradebook", lambda: _os.symlink({os.path.join(work, "gradebook.db")!r}, {nb_name!r} + ".tmp"))
@@ -374,3 +375,54 @@ def sandbox_report(work: str, student: str, assignment: str) -> dict:
                 if "SANDBOX-REPORT " in text:
                     return json.loads(text.split("SANDBOX-REPORT ", 1)[1].splitlines()[0])
     raise AssertionError("no sandbox report in the autograded notebook")
+
+
+# --------------------------------------------------------------------------------------------- PostgreSQL
+class PostgresServer:
+    """A throwaway PostgreSQL server on 127.0.0.1, data in a temp dir, run as an unprivileged user."""
+
+    def __init__(self, user: str = "postgres"):
+        import pwd
+        import socket
+        import tempfile
+
+        self.bin = subprocess.run([os.path.join(REPO, "scripts", "ensure_postgres.sh")], capture_output=True,
+                                  text=True, check=True).stdout.strip().splitlines()[-1]
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            user = "nobody"
+        self.user = user if os.geteuid() == 0 else None
+        self.dir = tempfile.mkdtemp(prefix="pg-grading-")
+        os.chmod(self.dir, 0o755)
+        self.data = os.path.join(self.dir, "data")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self.url = f"postgresql://grader@127.0.0.1:{self.port}/gradebook"
+
+    def _run(self, *cmd: str) -> None:
+        subprocess.run(list(cmd), check=True, capture_output=True, user=self.user, cwd=self.dir)
+
+    def start(self) -> "PostgresServer":
+        self._run(os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "grader", "--auth=trust", "-E", "UTF8")
+        self._run(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w",
+                  "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off", "start")
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="grader", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE gradebook")
+        conn.close()
+        return self
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._run(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
