@@ -287,18 +287,24 @@ def gaussian_pairs():
     ls1, ls2 = 0.3 * torch.randn(3, generator=g, dtype=D64), 0.3 * torch.randn(3, generator=g, dtype=D64)
     L1, L2 = random_tril(3, g) * 0.7, random_tril(3, g) * 0.7
     return {
-        "std-diag": (StandardNormal(3).double(), DiagGaussian(loc1, ls1)),
-        "diag-diag": (DiagGaussian(loc1, ls1), DiagGaussian(loc2, ls2)),
-        "full-full": (FullGaussian(loc1, scale_tril=L1), FullGaussian(loc2, scale_tril=L2)),
-        "diag-full": (DiagGaussian(loc1, ls1), FullGaussian(loc2, scale_tril=L2)),
-        "full-std": (FullGaussian(loc2, scale_tril=L2), StandardNormal(3).double()),
+        "std-diag": (StandardNormal(3).double(), DiagGaussian(loc1, ls1, trainable=False)),
+        "diag-diag": (DiagGaussian(loc1, ls1, trainable=False), DiagGaussian(loc2, ls2, trainable=False)),
+        "full-full": (
+            FullGaussian(loc1, scale_tril=L1, trainable=False),
+            FullGaussian(loc2, scale_tril=L2, trainable=False),
+        ),
+        "diag-full": (
+            DiagGaussian(loc1, ls1, trainable=False),
+            FullGaussian(loc2, scale_tril=L2, trainable=False),
+        ),
+        "full-std": (FullGaussian(loc2, scale_tril=L2, trainable=False), StandardNormal(3).double()),
         "bernoulli": (
-            Bernoulli(torch.tensor([0.5, -1.0], dtype=D64)),
-            Bernoulli(torch.tensor([2.0, 0.1], dtype=D64)),
+            Bernoulli(torch.tensor([0.5, -1.0], dtype=D64), trainable=False),
+            Bernoulli(torch.tensor([2.0, 0.1], dtype=D64), trainable=False),
         ),
         "categorical": (
-            Categorical(torch.tensor([0.5, -1.0, 0.2], dtype=D64)),
-            Categorical(torch.tensor([0.0, 1.0, -2.0], dtype=D64)),
+            Categorical(torch.tensor([0.5, -1.0, 0.2], dtype=D64), trainable=False),
+            Categorical(torch.tensor([0.0, 1.0, -2.0], dtype=D64), trainable=False),
         ),
     }
 
