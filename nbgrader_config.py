@@ -6,7 +6,8 @@ Layout (see instructors.md):
   $COURSE_DIR (default grading/, gitignored): submitted/ autograded/ feedback/ gradebook.db exchange/
 Environment variables:
   COURSE_DIR            course working directory (outside the repository on a hub, e.g. /srv/course)
-  NBGRADER_DB_URL       any SQLAlchemy URL, e.g. postgresql://grader@db.example/dgm (default: SQLite in COURSE_DIR)
+  NBGRADER_DB_URL       any SQLAlchemy URL, e.g. postgresql+psycopg2://grader@db.example/dgm (SQLAlchemy 2.1
+                        maps plain postgresql:// to psycopg 3, which is not installed); default: SQLite in COURSE_DIR
   NBGRADER_EXCHANGE     exchange root (default: $COURSE_DIR/exchange; on a hub e.g. /srv/nbgrader/exchange)
   COURSE_CELL_TIMEOUT   seconds per cell when autograding (default 30)
 """

@@ -161,7 +161,8 @@ flowlib.Flow.sample = lambda self, n: torch.zeros(n, 1)
 '''
 
 
-def exfiltration_code(assignment: str, nb_name: str, me: str, victim: str, work: str) -> str:
+def exfiltration_code(assignment: str, nb_name: str, me: str, victim: str, work: str,
+                      gradebook_port: int | None = None) -> str:
     """Code that tries to read/write everything it must not, and prints a JSON report (one line)."""
     sol = os.path.join(REPO, "solutions", assignment, nb_name)
     rel_sol = os.path.relpath(sol, os.path.join(work, "autograded", me, assignment))
@@ -189,6 +190,7 @@ _try("write_solutions", lambda: open({sol!r}, "a").write(" "))
 # the interpreter may live under a home directory (pyenv): it is the only thing exposed there
 _try("home_dir", lambda: [n for n in _os.listdir("/root") if n != ".pyenv"] or 1 / 0)
 _try("network_loopback", lambda: _socket.create_connection(("127.0.0.1", 22), timeout=1))
+_try("network_gradebook", lambda: _socket.create_connection(("127.0.0.1", {gradebook_port or 5432}), timeout=1))
 _try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in ("TOKEN", "DB_URL", "PASS", "PG"))] or 1 / 0)
 _try("plant_symlink_to_gradebook", lambda: _os.symlink({os.path.join(work, "gradebook.db")!r}, {nb_name!r} + ".tmp"))
 _try("overwrite_own_notebook", lambda: open({nb_name!r}, "w").write("garbage"))
@@ -199,7 +201,7 @@ print("SANDBOX-REPORT " + _json.dumps(_report))
 MUST_BE_DENIED = ["read_solution", "read_solution_relative", "list_solutions", "read_git", "read_config",
                   "read_gradebook", "write_gradebook", "list_submitted", "write_other_submission",
                   "write_other_autograded", "write_own_submission", "write_solutions", "home_dir",
-                  "network_loopback", "env_secrets"]
+                  "network_loopback", "network_gradebook", "env_secrets"]
 
 
 @dataclass
@@ -249,7 +251,7 @@ def benign_cases(assignment: str) -> list[Case]:
     return cases
 
 
-def hostile_cases(assignment: str, work: str, victim: str = "good") -> list[Case]:
+def hostile_cases(assignment: str, work: str, victim: str = "good", gradebook_port: int | None = None) -> list[Case]:
     (nb_name,) = notebooks(assignment)[:1]
     lay = layout(assignment, nb_name)
     first, last = lay.answers[0], lay.answers[-1]
@@ -270,7 +272,7 @@ def hostile_cases(assignment: str, work: str, victim: str = "good") -> list[Case
             c["source"] = REBIND + "\n" + src(c)
 
     exfil = solved(assignment, nb_name, {first: sol[first] + "\n" + exfiltration_code(
-        assignment, nb_name, "exfil", victim, work)})
+        assignment, nb_name, "exfil", victim, work, gradebook_port)})
     flood = solved(assignment, nb_name, {first: sol[first] + "\nfor _i in range(200_000):\n    print('flood', _i)\n"})
     exits = solved(assignment, nb_name, {last: "import os\nos._exit(1)\n" + sol[last]})
     good_text = json.dumps(solved(assignment, nb_name), indent=1)
@@ -402,7 +404,7 @@ class PostgresServer:
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        self.url = f"postgresql://grader@127.0.0.1:{self.port}/gradebook"
+        self.url = f"postgresql+psycopg2://grader@127.0.0.1:{self.port}/gradebook"
 
     def _run(self, *cmd: str) -> None:
         subprocess.run(list(cmd), check=True, capture_output=True, user=self.user, cwd=self.dir)
