@@ -55,10 +55,11 @@ def mixture_2d(cov="full"):
     locs = torch.tensor([[-2.0, 0.0], [1.5, 1.0], [0.0, -2.5]], dtype=D64)
     logits = torch.tensor([0.3, -0.2, 0.5], dtype=D64)
     if cov == "full":
-        return GaussianMixture(
-            logits, locs, scale_trils=torch.stack([0.6 * random_tril(2, g) for _ in range(3)])
-        )
-    return GaussianMixture(logits, locs, scales=torch.tensor([[0.5, 1.0], [0.8, 0.4], [1.2, 0.7]], dtype=D64))
+        L = torch.stack([0.6 * random_tril(2, g) for _ in range(3)])
+        return GaussianMixture(logits, locs, scale_trils=L, trainable=False)
+    return GaussianMixture(
+        logits, locs, scales=torch.tensor([[0.5, 1.0], [0.8, 0.4], [1.2, 0.7]], dtype=D64), trainable=False
+    )
 
 
 # --------------------------------------------------------------------------------------------------
