@@ -106,3 +106,15 @@ def test_sidebar_lists_every_toc_entry(site):
     listed = {h.rsplit("/", 1)[-1] if h.count("/") == 1 else h.lstrip("/") for h in hrefs}
     missing = [f for f in toc_files() if f"{f}.html" not in listed and f"{Path(f).name}.html" not in listed]
     assert not missing, f"the sidebar does not link these _toc.yml entries: {missing}"
+
+
+def test_no_solution_or_hidden_test_in_the_built_book():
+    from course_tools.leaks import find_leaks, leak_patterns
+
+    patterns = leak_patterns()
+    assert len(patterns) > 10, "leak patterns were not derived from solutions/ (nothing to look for)"
+    pages = sorted(HTML.rglob("*.html")) + sorted(HTML.rglob("*.ipynb")) + sorted(HTML.rglob("*.txt"))
+    leaks = find_leaks(pages, patterns)
+    assert not leaks, "solution code or hidden tests appear in the built book:\n" + "\n".join(
+        f"{f}: {p[:80]}" for f, p in leaks[:20]
+    )
