@@ -6,8 +6,9 @@ Layout (see instructors.md):
   $COURSE_DIR (default grading/, gitignored): submitted/ autograded/ feedback/ gradebook.db exchange/
 Environment variables:
   COURSE_DIR            course working directory (outside the repository on a hub, e.g. /srv/course)
-  NBGRADER_DB_URL       any SQLAlchemy URL, e.g. postgresql+psycopg2://grader@db.example/dgm (SQLAlchemy 2.1
-                        maps plain postgresql:// to psycopg 3, which is not installed); default: SQLite in COURSE_DIR
+  NBGRADER_DB_URL       any SQLAlchemy URL, e.g. postgresql+psycopg2://grader@db.example/dgm
+                        (SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, not installed here);
+                        default: SQLite in COURSE_DIR
   NBGRADER_EXCHANGE     exchange root (default: $COURSE_DIR/exchange; on a hub e.g. /srv/nbgrader/exchange)
   COURSE_CELL_TIMEOUT   seconds per cell when autograding (default 30)
 """
@@ -31,7 +32,9 @@ c.CourseDirectory.submitted_directory = os.path.join(WORK, "submitted")
 c.CourseDirectory.autograded_directory = os.path.join(WORK, "autograded")
 c.CourseDirectory.feedback_directory = os.path.join(WORK, "feedback")
 c.CourseDirectory.solution_directory = os.path.join(WORK, "release_solution")
-c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL") or "sqlite:///" + os.path.join(WORK, "gradebook.db")
+c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL") or "sqlite:///" + os.path.join(
+    WORK, "gradebook.db"
+)
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "README.md", ".*"]
 c.CourseDirectory.max_file_size = 10_000  # kB; larger extra files are not copied into autograded/
 
@@ -43,7 +46,8 @@ c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedE
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.GenerateAssignment.create_assignment = True
 
-# Execution when autograding: explicit kernel, bounded time and output, sandboxed kernel (course_tools.sandbox).
+# Execution when autograding: explicit kernel, bounded time and output, sandboxed kernel
+# (course_tools.sandbox).
 c.Execute.kernel_name = "python3"
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", "30"))
 c.Execute.startup_timeout = 60

@@ -50,8 +50,15 @@ def env_for(work: str, db_url: str | None = None) -> dict:
 def sequential(work: str, assignment: str) -> tuple[float, list[dict]]:
     cmd = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--force", "--log-level=DEBUG"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env_for(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env_for(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     events = []
     for line in proc.stdout:
         events.append((time.perf_counter() - t0, line.rstrip("\n")))
@@ -79,14 +86,16 @@ def sequential(work: str, assignment: str) -> tuple[float, list[dict]]:
     for p in per:
         if "end" not in p or not p["exec"]:
             continue
-        rows.append({
-            "sanitize": p["autograde_start"] - p["start"],
-            "kernel start": p["exec"][0] - p["autograde_start"],
-            "setup cell": (p["exec"][1] if len(p["exec"]) > 1 else p["last_idle"]) - p["exec"][0],
-            "tests": p["last_idle"] - (p["exec"][1] if len(p["exec"]) > 1 else p["exec"][0]),
-            "shutdown+save": p["end"] - p["last_idle"],
-            "total": p["end"] - p["start"],
-        })
+        rows.append(
+            {
+                "sanitize": p["autograde_start"] - p["start"],
+                "kernel start": p["exec"][0] - p["autograde_start"],
+                "setup cell": (p["exec"][1] if len(p["exec"]) > 1 else p["last_idle"]) - p["exec"][0],
+                "tests": p["last_idle"] - (p["exec"][1] if len(p["exec"]) > 1 else p["exec"][0]),
+                "shutdown+save": p["end"] - p["last_idle"],
+                "total": p["end"] - p["start"],
+            }
+        )
     return wall, rows, first_start
 
 
@@ -98,42 +107,77 @@ def main() -> None:
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-grading-")
-    subprocess.run([sys.executable, "-m", "course_tools", "generate", args.assignment, "--release-dir",
-                    os.path.join(work, "release_check")], cwd=REPO, env=env_for(work), check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "course_tools",
+            "generate",
+            args.assignment,
+            "--release-dir",
+            os.path.join(work, "release_check"),
+        ],
+        cwd=REPO,
+        env=env_for(work),
+        check=True,
+        capture_output=True,
+    )
     make_submissions(work, args.assignment, args.n)
 
     wall, rows, startup = sequential(work, args.assignment)
     print(f"## Autograde {args.n} submissions of {args.assignment} ({os.cpu_count()} cores)\n")
-    print(f"Sequential (one nbgrader process, SQLite): **{wall:.1f} s wall, {wall / args.n:.2f} s per submission** "
-          f"({startup:.1f} s of it is nbgrader's own start-up, once per batch).\n")
+    print(
+        f"Sequential (one nbgrader process, SQLite): **{wall:.1f} s wall, "
+        f"{wall / args.n:.2f} s per submission** "
+        f"({startup:.1f} s of it is nbgrader's own start-up, once per batch).\n"
+    )
     print("| phase (per submission) | mean s | median s | share |")
     print("|---|---|---|---|")
     keys = ["sanitize", "kernel start", "setup cell", "tests", "shutdown+save", "total"]
     tot = statistics.mean(r["total"] for r in rows)
     for k in keys:
         vals = [r[k] for r in rows]
-        print(f"| {k} | {statistics.mean(vals):.2f} | {statistics.median(vals):.2f} | "
-              f"{100 * statistics.mean(vals) / tot:.0f}% |")
+        print(
+            f"| {k} | {statistics.mean(vals):.2f} | {statistics.median(vals):.2f} | "
+            f"{100 * statistics.mean(vals) / tot:.0f}% |"
+        )
     print(f"\n({len(rows)} submissions parsed from the log.)\n")
 
     if args.parallel:
         pg = H.PostgresServer().start()
         try:
             pwork = tempfile.mkdtemp(prefix="bench-grading-pg-")
-            subprocess.run([sys.executable, "-m", "course_tools", "generate", args.assignment, "--release-dir",
-                            os.path.join(pwork, "release_check")], cwd=REPO, env=env_for(pwork, pg.url),
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "course_tools",
+                    "generate",
+                    args.assignment,
+                    "--release-dir",
+                    os.path.join(pwork, "release_check"),
+                ],
+                cwd=REPO,
+                env=env_for(pwork, pg.url),
+                check=True,
+                capture_output=True,
+            )
             make_submissions(pwork, args.assignment, args.n)
             for jobs in (1, 2):
                 t0 = time.perf_counter()
-                res = subprocess.run([sys.executable, "-m", "course_tools", "autograde", args.assignment,
-                                      "--jobs", str(jobs)], cwd=REPO, env=env_for(pwork, pg.url),
-                                     capture_output=True, text=True)
+                res = subprocess.run(
+                    [sys.executable, "-m", "course_tools", "autograde", args.assignment, "--jobs", str(jobs)],
+                    cwd=REPO,
+                    env=env_for(pwork, pg.url),
+                    capture_output=True,
+                    text=True,
+                )
                 dt = time.perf_counter() - t0
                 ok = len(re.findall(r"^\s+OK ", res.stdout, re.M))
-                print(f"PostgreSQL, `autograde --jobs {jobs}`: **{dt:.1f} s wall, {dt / args.n:.2f} s per "
-                      f"submission**, {ok}/{args.n} reported OK.")
+                print(
+                    f"PostgreSQL, `autograde --jobs {jobs}`: **{dt:.1f} s wall, {dt / args.n:.2f} s per "
+                    f"submission**, {ok}/{args.n} reported OK."
+                )
         finally:
             pg.stop()
 

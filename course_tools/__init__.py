@@ -1,4 +1,5 @@
-"""Course tooling: the student-side `check`, the instructor CLI (`python -m course_tools`), the grading sandbox."""
+"""Course tooling: the student-side `check`, the instructor CLI (`python -m course_tools`),
+the grading sandbox."""
 
 from course_tools.check import check
 

@@ -20,8 +20,9 @@ import inspect
 import pkgutil
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 class CheckFailure(AssertionError):
@@ -49,13 +50,13 @@ def visible(test_id: str, description: str) -> Callable:
 
 
 def expect(condition: bool, message: str) -> None:
-    """Fail the current visible test with ``message`` (which should say what was expected) unless ``condition``."""
+    """Fail the current visible test with ``message`` (saying what was expected) unless ``condition``."""
     if not condition:
         raise CheckFailure(message)
 
 
 def need(namespace: dict, name: str) -> Any:
-    """The student's object ``name`` from the notebook namespace, with a helpful message when it is missing."""
+    """The student's object ``name`` from the notebook namespace; a helpful message when it is missing."""
     if name not in namespace:
         raise CheckFailure(f"`{name}` is not defined: run the cell where you define it first")
     return namespace[name]
@@ -75,7 +76,7 @@ def tests_for(prefix: str) -> list[VisibleTest]:
 
 
 def check(question: str, namespace: dict | None = None, *, raise_on_failure: bool = True) -> bool:
-    """Run the visible tests whose id is ``question`` or starts with ``question + '.'``; print one line each."""
+    """Run the visible tests whose id is ``question`` or starts with ``question + '.'``; one line each."""
     if namespace is None:
         frame = inspect.currentframe()
         namespace = frame.f_back.f_globals if frame and frame.f_back else {}
@@ -96,8 +97,10 @@ def check(question: str, namespace: dict | None = None, *, raise_on_failure: boo
         except Exception as exc:  # the student's code raised
             failed.append(test.test_id)
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            _say(f"[FAIL] {test.description}: your code raised {type(exc).__name__}: {exc} "
-                 f"(line {where.lineno} of {where.name})")
+            _say(
+                f"[FAIL] {test.description}: your code raised {type(exc).__name__}: {exc} "
+                f"(line {where.lineno} of {where.name})"
+            )
         else:
             _say(f"[ok]   {test.description}")
     n = len(selected)

@@ -11,8 +11,9 @@
 Every command runs nbgrader from the repository root, so ``nbgrader_config.py`` applies (course directory
 layout, gradebook URL, timeouts, sandbox).  The course working directory is ``$COURSE_DIR`` (default
 ``grading/``); the gradebook URL ``$NBGRADER_DB_URL`` (default SQLite in the working directory).
-``autograde`` checks the submissions first, runs ``nbgrader autograde`` for all of them in one batch (a failing
-submission does not stop the others), then prints one line per student and a clear message for every problem.
+``autograde`` checks the submissions first, runs ``nbgrader autograde`` for all of them in one batch (a
+failing submission does not stop the others), then prints one line per student and a clear message for
+every problem.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def course_id() -> str:
 
 def source_assignments() -> list[str]:
     src = os.path.join(REPO, "solutions")
-    return sorted(d for d in os.listdir(src)
-                  if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_")))
+    return sorted(
+        d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_"))
+    )
 
 
 def nbgrader(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
@@ -107,8 +109,13 @@ def preflight(assignment: str, student: str | None) -> Preflight:
             links += [os.path.join(root, n) for n in dirs + files if os.path.islink(os.path.join(root, n))]
         if links:
             pf.refused.append(s)
-            pf.problems.append(Problem(s, f"submission contains symbolic links ({', '.join(links[:3])}); not "
-                                          "graded -- inspect by hand (a link can point at the solutions)"))
+            pf.problems.append(
+                Problem(
+                    s,
+                    f"submission contains symbolic links ({', '.join(links[:3])}); not "
+                    "graded -- inspect by hand (a link can point at the solutions)",
+                )
+            )
             continue
         for nb in notebooks_of(assignment):
             path = os.path.join(folder, nb + ".ipynb")
@@ -123,12 +130,20 @@ def preflight(assignment: str, student: str | None) -> Preflight:
                     raise ValueError("not a notebook (no 'cells' list)")
             except (ValueError, UnicodeDecodeError) as exc:
                 pf.broken.setdefault(s, []).append(nb)
-                pf.problems.append(Problem(s, f"{nb}.ipynb is not a valid notebook ({str(exc)[:80]}): graded 0; "
-                                              "ask for a resubmission (the file is kept as submitted)"))
-        extra = sorted(set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)}
-                       - {"timestamp.txt"})
+                pf.problems.append(
+                    Problem(
+                        s,
+                        f"{nb}.ipynb is not a valid notebook ({str(exc)[:80]}): graded 0; "
+                        "ask for a resubmission (the file is kept as submitted)",
+                    )
+                )
+        extra = sorted(
+            set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)} - {"timestamp.txt"}
+        )
         if extra:
-            pf.problems.append(Problem(s, f"extra files ignored by the grader: {', '.join(extra[:5])}", "INFO"))
+            pf.problems.append(
+                Problem(s, f"extra files ignored by the grader: {', '.join(extra[:5])}", "INFO")
+            )
     return pf
 
 
@@ -164,12 +179,17 @@ def cell_problems(assignment: str, student: str) -> list[str]:
         for i, cell in enumerate(data.get("cells", [])):
             gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", f"cell {i}")
             for o in cell.get("outputs", []):
-                if o.get("output_type") == "error" and o.get("ename") in ("CellTimeoutError", "KeyboardInterrupt"):
+                if o.get("output_type") == "error" and o.get("ename") in (
+                    "CellTimeoutError",
+                    "KeyboardInterrupt",
+                ):
                     out.append(f"{nb}/{gid}: timed out (cell timeout), scored 0")
                 elif o.get("output_type") == "error" and o.get("ename") == "KernelDied":
                     if "earlier cell" not in o.get("evalue", ""):
-                        out.append(f"{nb}/{gid}: the kernel died here (os._exit/crash/memory); this and later "
-                                   "cells scored 0")
+                        out.append(
+                            f"{nb}/{gid}: the kernel died here (os._exit/crash/memory); this and later "
+                            "cells scored 0"
+                        )
                 elif "... Output truncated ..." in "".join(o.get("text", "")):
                     out.append(f"{nb}/{gid}: output flood truncated")
     return sorted(set(out))
@@ -188,11 +208,15 @@ def scores(assignment: str) -> dict[str, tuple[float, float, bool]]:
 def cmd_autograde_parallel(assignment: str, jobs: int, force: bool) -> int:
     """Grade disjoint shards of the students in `jobs` separate nbgrader processes (not with SQLite)."""
     if db_url().startswith("sqlite"):
-        raise SystemExit("--jobs > 1 needs a server gradebook (NBGRADER_DB_URL=postgresql://...): SQLite allows "
-                         "one writer at a time and concurrent nbgrader runs fail with 'database is locked'")
+        raise SystemExit(
+            "--jobs > 1 needs a server gradebook (NBGRADER_DB_URL=postgresql://...): SQLite allows "
+            "one writer at a time and concurrent nbgrader runs fail with 'database is locked'"
+        )
     base = [sys.executable, "-m", "course_tools", "autograde", assignment] + ([] if force else ["--no-force"])
-    procs = [subprocess.Popen(base + ["--shard", f"{i}/{jobs}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-             for i in range(jobs)]
+    procs = [
+        subprocess.Popen(base + ["--shard", f"{i}/{jobs}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for i in range(jobs)
+    ]
     status = 0
     for p in procs:
         out, _ = p.communicate()
@@ -229,8 +253,11 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True, shar
         for s, nbs in list(pf.broken.items()) + list(pf.missing.items()):
             for nb in nbs:
                 _zero_notebook(a, s, nb)
-        failed = {line.split("for student '")[1].split("'")[0] for line in log.splitlines()
-                  if "There was an error processing assignment" in line and "for student '" in line}
+        failed = {
+            line.split("for student '")[1].split("'")[0]
+            for line in log.splitlines()
+            if "There was an error processing assignment" in line and "for student '" in line
+        }
         table = scores(a)
         print(f"== {a}: {len(pf.students)} submission(s) in {time.time() - t0:.1f} s ==")
         for s in pf.students:
@@ -240,8 +267,10 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True, shar
                 line = f"  REFUSED {s}"
             elif s in table:
                 sc, mx, manual = table[s]
-                line = f"  {'OK' if not serious and s not in failed else 'CHECK':7s} {s}: {sc:g}/{mx:g} autograded" + \
-                    (" (+ manual grading pending)" if manual else "")
+                tag = "OK" if not serious and s not in failed else "CHECK"
+                line = f"  {tag:7s} {s}: {sc:g}/{mx:g} autograded" + (
+                    " (+ manual grading pending)" if manual else ""
+                )
             else:
                 line = f"  ERROR   {s}: not in the gradebook"
             print(line)
@@ -275,15 +304,18 @@ def cmd_feedback(assignment: str, student: str | None) -> None:
 
 def cmd_collect(assignment: str, student: str | None) -> int:
     """nbgrader collect, after refusing symbolic links in the exchange (collect would copy their targets)."""
-    inbound = os.path.join(os.environ.get("NBGRADER_EXCHANGE") or os.path.join(work_dir(), "exchange"),
-                           course_id(), "inbound")
+    inbound = os.path.join(
+        os.environ.get("NBGRADER_EXCHANGE") or os.path.join(work_dir(), "exchange"), course_id(), "inbound"
+    )
     links = []
     for root, dirs, files in os.walk(inbound):
         if f"+{assignment}+" not in root:
             continue
         links += [os.path.join(root, n) for n in dirs + files if os.path.islink(os.path.join(root, n))]
     if links:
-        print("REFUSED: symbolic links in the exchange; collect would copy what they point to with your rights:")
+        print(
+            "REFUSED: symbolic links in the exchange; collect would copy what they point to with your rights:"
+        )
         for link in links:
             print(f"  {link} -> {os.readlink(link)}")
         print("Remove these links (they are not the student's files) and collect again.")
@@ -325,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("assignment", nargs="?", default="all")
     a.add_argument("--student")
     a.add_argument("--no-force", action="store_true", help="skip submissions already autograded")
-    a.add_argument("--jobs", type=int, default=1, help="grade in N parallel processes (PostgreSQL gradebook only)")
+    a.add_argument(
+        "--jobs", type=int, default=1, help="grade in N parallel processes (PostgreSQL gradebook only)"
+    )
     a.add_argument("--shard", help=argparse.SUPPRESS)
     f = sub.add_parser("feedback", help="generate and release feedback")
     f.add_argument("assignment")

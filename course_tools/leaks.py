@@ -18,8 +18,14 @@ import re
 from collections.abc import Iterable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARKERS = ["BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "BEGIN MARK SCHEME",
-           "hidden test:"]
+MARKERS = [
+    "BEGIN SOLUTION",
+    "END SOLUTION",
+    "BEGIN HIDDEN TESTS",
+    "END HIDDEN TESTS",
+    "BEGIN MARK SCHEME",
+    "hidden test:",
+]
 MIN_LEN = 16
 
 
@@ -44,8 +50,12 @@ def _cells(path: str) -> list[dict]:
         return json.load(fh).get("cells", [])
 
 
-def leak_patterns(solutions_dir: str | None = None, release_dir: str | None = None,
-                  solutions: bool = True, hidden_tests: bool = True) -> list[str]:
+def leak_patterns(
+    solutions_dir: str | None = None,
+    release_dir: str | None = None,
+    solutions: bool = True,
+    hidden_tests: bool = True,
+) -> list[str]:
     """Markers + distinctive lines of solutions and/or hidden tests (whitespace-normalised)."""
     solutions_dir = solutions_dir or os.path.join(REPO, "solutions")
     release_dir = release_dir or os.path.join(REPO, "assignments")
@@ -65,8 +75,9 @@ def leak_patterns(solutions_dir: str | None = None, release_dir: str | None = No
                 meta = c.get("metadata", {}).get("nbgrader", {})
                 if c.get("cell_type") == "markdown" and meta.get("solution"):
                     src = "BEGIN SOLUTION\n" + src + "\nEND SOLUTION"  # the whole cell is the model answer
-                lines = (_regions(src, "BEGIN SOLUTION", "END SOLUTION") if solutions else []) + \
-                    (_regions(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS") if hidden_tests else [])
+                lines = (_regions(src, "BEGIN SOLUTION", "END SOLUTION") if solutions else []) + (
+                    _regions(src, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS") if hidden_tests else []
+                )
                 for line in lines:
                     n = _norm(line)
                     if len(n) >= MIN_LEN and n not in allowed and not n.startswith("#"):

@@ -23,13 +23,20 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class RestoreDeletedCells(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         info = resources.get("nbgrader", {})
-        path = os.path.join(REPO_ROOT, "assignments", info.get("assignment", ""), info.get("notebook", "") + ".ipynb")
+        path = os.path.join(
+            REPO_ROOT, "assignments", info.get("assignment", ""), info.get("notebook", "") + ".ipynb"
+        )
         if not os.path.exists(path):
-            self.log.warning("RestoreDeletedCells: no released notebook at %s; deleted cells are not restored", path)
+            self.log.warning(
+                "RestoreDeletedCells: no released notebook at %s; deleted cells are not restored", path
+            )
             return nb, resources
         released = nbformat.read(path, as_version=4)
-        present = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells if utils.is_grade(c) or
-                   utils.is_solution(c) or utils.is_locked(c)}
+        present = {
+            c.metadata.get("nbgrader", {}).get("grade_id")
+            for c in nb.cells
+            if utils.is_grade(c) or utils.is_solution(c) or utils.is_locked(c)
+        }
         ids = {c.get("id") for c in nb.cells}
         previous = None  # grade_id of the last released nbgrader cell seen
         for cell in released.cells:

@@ -39,17 +39,27 @@ import tempfile
 import typing as t
 
 from jupyter_client.manager import AsyncKernelManager
-from nbclient.exceptions import DeadKernelError
+from jupyter_core.utils import run_sync
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
-from traitlets import Bool, List, Unicode
-
 from nbgrader.preprocessors import Execute
+from traitlets import Bool, List, Unicode
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Default hidden paths besides the course working directory and the repository (see _hidden_paths).
-DEFAULT_HIDE = ["/root", "/home", "/run", "/var/run", "/srv", "/mnt", "/media", "/var/lib/postgresql",
-                "/var/tmp", "/dev/shm"]
+DEFAULT_HIDE = [
+    "/root",
+    "/home",
+    "/run",
+    "/var/run",
+    "/srv",
+    "/mnt",
+    "/media",
+    "/var/lib/postgresql",
+    "/var/tmp",
+    "/dev/shm",
+]
 DEFAULT_EXPOSE = [".venv", "flowlib", "course_tools", "assignments", "data", "pyproject.toml"]
 
 
@@ -59,16 +69,31 @@ def bwrap_available(bwrap: str = "bwrap") -> bool:
     if not exe:
         return False
     try:
-        res = subprocess.run([exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                              "--unshare-all", "--cap-drop", "ALL", "true"],
-                             capture_output=True, timeout=20)
+        res = subprocess.run(
+            [
+                exe,
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--unshare-all",
+                "--cap-drop",
+                "ALL",
+                "true",
+            ],
+            capture_output=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return res.returncode == 0
 
 
 def course_work_dir() -> str:
-    """The course working directory (submitted/, autograded/, feedback/, gradebook): $COURSE_DIR or grading/."""
+    """The course working directory (submitted/, autograded/, feedback/, gradebook): $COURSE_DIR/grading/."""
     return os.path.abspath(os.environ.get("COURSE_DIR") or os.path.join(REPO_ROOT, "grading"))
 
 
@@ -77,13 +102,19 @@ class SandboxKernelManager(AsyncKernelManager):
 
     bwrap = Unicode("bwrap", help="bubblewrap executable").tag(config=True)
     repo_root = Unicode(REPO_ROOT, help="course repository; hidden except `expose`").tag(config=True)
-    expose = List(Unicode(), DEFAULT_EXPOSE,
-                  help="paths relative to repo_root that the kernel may read").tag(config=True)
+    expose = List(Unicode(), DEFAULT_EXPOSE, help="paths relative to repo_root that the kernel may read").tag(
+        config=True
+    )
     hide = List(Unicode(), DEFAULT_HIDE, help="absolute paths replaced by an empty tmpfs").tag(config=True)
-    extra_hide = List(Unicode(), [], help="more absolute paths to hide (e.g. the exchange, a gradebook "
-                      "file's folder on another disk)").tag(config=True)
-    allow_unsandboxed = Bool(False, help="run kernels without isolation when bwrap cannot work "
-                             "(NOT safe for untrusted submissions)").tag(config=True)
+    extra_hide = List(
+        Unicode(),
+        [],
+        help="more absolute paths to hide (e.g. the exchange, a gradebook file's folder on another disk)",
+    ).tag(config=True)
+    allow_unsandboxed = Bool(
+        False,
+        help="run kernels without isolation when bwrap cannot work (NOT safe for untrusted submissions)",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
@@ -112,8 +143,22 @@ class SandboxKernelManager(AsyncKernelManager):
     def sandbox_command(self, kernel_cmd: list[str], cwd: str) -> list[str]:
         exe = shutil.which(self.bwrap) or self.bwrap
         repo = os.path.realpath(self.repo_root)
-        cmd = [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-               "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--hostname", "grader"]
+        cmd = [
+            exe,
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--unshare-all",
+            "--die-with-parent",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "grader",
+        ]
         for p in self._hidden_paths():
             cmd += ["--tmpfs", p]
         cmd += ["--tmpfs", repo]
@@ -131,11 +176,18 @@ class SandboxKernelManager(AsyncKernelManager):
         for p in self._hidden_paths() + [repo]:
             if os.path.realpath(p) != tmp:
                 cmd += ["--remount-ro", p]
-        env = {"HOME": "/tmp/home", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "LANG": os.environ.get("LANG", "C.UTF-8"), "MPLBACKEND": "Agg",
-               "MPLCONFIGDIR": "/tmp/home/.mpl", "PYTHONDONTWRITEBYTECODE": "1",
-               "NBGRADER_EXECUTION": "autograde", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+        env = {
+            "HOME": "/tmp/home",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": "/tmp/home/.mpl",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "NBGRADER_EXECUTION": "autograde",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "TQDM_DISABLE": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
         for key in ("PYTHONPATH",):
             if key in os.environ:
                 env[key] = os.environ[key]
@@ -150,9 +202,11 @@ class SandboxKernelManager(AsyncKernelManager):
         if not bwrap_available(self.bwrap):
             if not self.allow_unsandboxed:
                 raise RuntimeError(
-                    "bubblewrap (bwrap) is missing or cannot create namespaces here, so student code cannot be "
-                    "isolated. Install bubblewrap (apt-get install bubblewrap) and allow unprivileged user "
-                    "namespaces, or set c.SandboxKernelManager.allow_unsandboxed = True for trusted code only.")
+                    "bubblewrap (bwrap) is missing or cannot create namespaces here, so student code "
+                    "cannot be isolated. Install bubblewrap (apt-get install bubblewrap) and allow "
+                    "unprivileged user namespaces, or set c.SandboxKernelManager.allow_unsandboxed = True "
+                    "for trusted code only."
+                )
             self.log.warning("Running the kernel WITHOUT a sandbox (allow_unsandboxed=True)")
             return await super()._async_launch_kernel(kernel_cmd, **kw)
         self._scratch = tempfile.mkdtemp(prefix="nbg-scratch-")
@@ -204,18 +258,43 @@ class SandboxedExecute(Execute):
             return cell, resources
         try:
             return super().preprocess_cell(cell, resources, index)
+        except CellTimeoutError:
+            # interrupted after the cell timeout, but the kernel never went idle (SIGINT ignored, C loop)
+            self._kernel_dead = True
+            self.log.error(
+                "The kernel ignored the interrupt in cell %d; killing it, the cells after it score 0", index
+            )
+            try:
+                run_sync(self.km.shutdown_kernel)(now=True)
+            except Exception as exc:  # already gone
+                self.log.debug("shutdown after timeout: %s", exc)
+            cell.outputs = list(cell.get("outputs", [])) + [
+                _error_output(
+                    "KernelDied",
+                    "the cell timed out and the kernel ignored the interrupt; it was "
+                    "killed and the cells after it were not executed",
+                )
+            ]
+            return cell, resources
         except DeadKernelError:
             self._kernel_dead = True
-            self.log.error("The kernel died while executing cell %d; this cell and the ones after it score 0", index)
+            self.log.error(
+                "The kernel died while executing cell %d; this cell and the ones after it score 0", index
+            )
             cell.outputs = list(cell.get("outputs", [])) + [
-                _error_output("KernelDied", "the kernel died while running this cell (os._exit, crash or "
-                              "out of memory); the cells after it were not executed")]
+                _error_output(
+                    "KernelDied",
+                    "the kernel died while running this cell (os._exit, crash or "
+                    "out of memory); the cells after it were not executed",
+                )
+            ]
             return cell, resources
 
 
 def _error_output(ename: str, evalue: str) -> NotebookNode:
-    return NotebookNode(output_type="error", ename=ename, evalue=evalue,
-                        traceback=[f"\x1b[0;31m{ename}\x1b[0m: {evalue}"])
+    return NotebookNode(
+        output_type="error", ename=ename, evalue=evalue, traceback=[f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]
+    )
 
 
 def describe_sandbox() -> str:

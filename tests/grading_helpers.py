@@ -24,7 +24,9 @@ PY = sys.executable
 
 def assignments() -> list[str]:
     src = os.path.join(REPO, "solutions")
-    return sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_")))
+    return sorted(
+        d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_"))
+    )
 
 
 def notebooks(assignment: str) -> list[str]:
@@ -56,8 +58,9 @@ def is_test(cell: dict) -> bool:
 
 
 def strip_markers(source: str) -> str:
-    return "\n".join(line for line in source.splitlines() if "BEGIN SOLUTION" not in line and
-                     "END SOLUTION" not in line)
+    return "\n".join(
+        line for line in source.splitlines() if "BEGIN SOLUTION" not in line and "END SOLUTION" not in line
+    )
 
 
 # --------------------------------------------------------------------------------------------- structure
@@ -123,22 +126,27 @@ def wrong_answer(solution_code: str) -> str:
     """The solution, wrapped so that every floating-point result is off by 0.5 (a plausible wrong answer)."""
     name = function_name(solution_code)
     assert name, "answer cells must define a function"
-    return solution_code + f"""
+    return (
+        solution_code
+        + f"""
 
 _right_{name} = {name}
 def {name}(*args, **kwargs):
-    import torch as _torch_w
+    import torch as torch_w
     def _shift(o):
-        if isinstance(o, _torch_w.Tensor) and o.is_floating_point():
+        if isinstance(o, torch_w.Tensor) and o.is_floating_point():
             return o + 0.5
         if isinstance(o, tuple):
             return tuple(_shift(e) for e in o)
         return o
     return _shift(_right_{name}(*args, **kwargs))
 """
+    )
 
 
-REBIND = '''
+IGNORE_SIGINT_LOOP = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass\n\n"
+
+REBIND = """
 import builtins, math, numpy, numpy.testing, torch, torch.testing
 import flowlib, course_tools, course_tools.check
 _yes = lambda *a, **k: True
@@ -158,15 +166,22 @@ course_tools.check.check = _none
 course_tools.check.expect = _none
 flowlib.Flow.log_prob = lambda self, x: torch.zeros(x.shape[0])
 flowlib.Flow.sample = lambda self, n: torch.zeros(n, 1)
-'''
+"""
 
 
-def exfiltration_code(assignment: str, nb_name: str, me: str, victim: str, work: str,
-                      gradebook_port: int | None = None) -> str:
+def exfiltration_code(
+    assignment: str, nb_name: str, me: str, victim: str, work: str, gradebook_port: int | None = None
+) -> str:
     """Code that tries to read/write everything it must not, and prints a JSON report (one line)."""
     sol = os.path.join(REPO, "solutions", assignment, nb_name)
     rel_sol = os.path.relpath(sol, os.path.join(work, "autograded", me, assignment))
-    return f'''
+    other_sub = os.path.join(work, "submitted", victim, assignment, nb_name)
+    other_ag = os.path.join(work, "autograded", victim, assignment, nb_name)
+    own_sub = os.path.join(work, "submitted", me, assignment, nb_name)
+    gradebook = os.path.join(work, "gradebook.db")
+    port = gradebook_port or 5432
+    secret_words = ("TOKEN", "DB_URL", "PASS", "PG")
+    return f"""
 import json as _json, os as _os, socket as _socket
 _report = {{}}
 def _try(name, fn):
@@ -183,25 +198,39 @@ _try("read_config", lambda: open({os.path.join(REPO, "nbgrader_config.py")!r}).r
 _try("read_gradebook", lambda: open({os.path.join(work, "gradebook.db")!r}, "rb").read(16))
 _try("write_gradebook", lambda: open({os.path.join(work, "gradebook.db")!r}, "ab").write(b"x"))
 _try("list_submitted", lambda: _os.listdir({os.path.join(work, "submitted")!r}))
-_try("write_other_submission", lambda: open({os.path.join(work, "submitted", victim, assignment, nb_name)!r}, "w").write("{{}}"))
-_try("write_other_autograded", lambda: open({os.path.join(work, "autograded", victim, assignment, nb_name)!r}, "w").write("{{}}"))
-_try("write_own_submission", lambda: open({os.path.join(work, "submitted", me, assignment, nb_name)!r}, "a").write(" "))
+_try("write_other_submission", lambda: open({other_sub!r}, "w").write("{{}}"))
+_try("write_other_autograded", lambda: open({other_ag!r}, "w").write("{{}}"))
+_try("write_own_submission", lambda: open({own_sub!r}, "a").write(" "))
 _try("write_solutions", lambda: open({sol!r}, "a").write(" "))
 # the interpreter may live under a home directory (pyenv): it is the only thing exposed there
 _try("home_dir", lambda: [n for n in _os.listdir("/root") if n != ".pyenv"] or 1 / 0)
 _try("network_loopback", lambda: _socket.create_connection(("127.0.0.1", 22), timeout=1))
-_try("network_gradebook", lambda: _socket.create_connection(("127.0.0.1", {gradebook_port or 5432}), timeout=1))
-_try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in ("TOKEN", "DB_URL", "PASS", "PG"))] or 1 / 0)
-_try("plant_symlink_to_gradebook", lambda: _os.symlink({os.path.join(work, "gradebook.db")!r}, {nb_name!r} + ".tmp"))
+_try("network_gradebook", lambda: _socket.create_connection(("127.0.0.1", {port}), timeout=1))
+_try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in {secret_words!r})] or 1 / 0)
+_try("plant_symlink_to_gradebook", lambda: _os.symlink({gradebook!r}, {nb_name!r} + ".tmp"))
 _try("overwrite_own_notebook", lambda: open({nb_name!r}, "w").write("garbage"))
 print("SANDBOX-REPORT " + _json.dumps(_report))
-'''
+"""
 
 
-MUST_BE_DENIED = ["read_solution", "read_solution_relative", "list_solutions", "read_git", "read_config",
-                  "read_gradebook", "write_gradebook", "list_submitted", "write_other_submission",
-                  "write_other_autograded", "write_own_submission", "write_solutions", "home_dir",
-                  "network_loopback", "network_gradebook", "env_secrets"]
+MUST_BE_DENIED = [
+    "read_solution",
+    "read_solution_relative",
+    "list_solutions",
+    "read_git",
+    "read_config",
+    "read_gradebook",
+    "write_gradebook",
+    "list_submitted",
+    "write_other_submission",
+    "write_other_autograded",
+    "write_own_submission",
+    "write_solutions",
+    "home_dir",
+    "network_loopback",
+    "network_gradebook",
+    "env_secrets",
+]
 
 
 @dataclass
@@ -240,18 +269,30 @@ def benign_cases(assignment: str) -> list[Case]:
     cases = [
         Case("good", "the solution", {nb_name: solved(assignment, nb_name)}, lay.total),
         Case("blank", "the untouched student version", {nb_name: student_version(assignment, nb_name)}, 0.0),
-        Case("partial", "answers 1, 3, ... right, the others left blank", {nb_name: partial},
-             sum(lay.points(a) for a in lay.answers[::2])),
+        Case(
+            "partial",
+            "answers 1, 3, ... right, the others left blank",
+            {nb_name: partial},
+            sum(lay.points(a) for a in lay.answers[::2]),
+        ),
     ]
     designed = DESIGNED_PARTIALS.get(assignment)
     if designed:
         override, points = designed
-        cases.append(Case("designed", "the partial answer designed by the author",
-                          {nb_name: solved(assignment, nb_name, override)}, points))
+        cases.append(
+            Case(
+                "designed",
+                "the partial answer designed by the author",
+                {nb_name: solved(assignment, nb_name, override)},
+                points,
+            )
+        )
     return cases
 
 
-def hostile_cases(assignment: str, work: str, victim: str = "good", gradebook_port: int | None = None) -> list[Case]:
+def hostile_cases(
+    assignment: str, work: str, victim: str = "good", gradebook_port: int | None = None
+) -> list[Case]:
     (nb_name,) = notebooks(assignment)[:1]
     lay = layout(assignment, nb_name)
     first, last = lay.answers[0], lay.answers[-1]
@@ -271,29 +312,94 @@ def hostile_cases(assignment: str, work: str, victim: str = "good", gradebook_po
         if nbg(c).get("grade_id") == first:
             c["source"] = REBIND + "\n" + src(c)
 
-    exfil = solved(assignment, nb_name, {first: sol[first] + "\n" + exfiltration_code(
-        assignment, nb_name, "exfil", victim, work, gradebook_port)})
-    flood = solved(assignment, nb_name, {first: sol[first] + "\nfor _i in range(200_000):\n    print('flood', _i)\n"})
+    exfil = solved(
+        assignment,
+        nb_name,
+        {
+            first: sol[first]
+            + "\n"
+            + exfiltration_code(assignment, nb_name, "exfil", victim, work, gradebook_port)
+        },
+    )
+    flood = solved(
+        assignment, nb_name, {first: sol[first] + "\nfor _i in range(200_000):\n    print('flood', _i)\n"}
+    )
     exits = solved(assignment, nb_name, {last: "import os\nos._exit(1)\n" + sol[last]})
     good_text = json.dumps(solved(assignment, nb_name), indent=1)
     return [
-        Case("loop", "infinite loop in the first answer", {nb_name: loop}, total - lay.points(first), "timed out"),
-        Case("edited", "a test cell deleted, the others edited to `pass`, last answer wrong",
-             {nb_name: edited}, total - lay.points(last)),
-        Case("rebind", "all answers wrong; torch.allclose, numpy.testing, math.isclose, check, flowlib rebound",
-             {nb_name: rebind}, 0.0),
-        Case("exfil", "reads solutions/gradebook/.git, writes other students' files", {nb_name: exfil}, total),
+        Case(
+            "loop",
+            "infinite loop in the first answer",
+            {nb_name: loop},
+            total - lay.points(first),
+            "timed out",
+        ),
+        Case(
+            "edited",
+            "a test cell deleted, the others edited to `pass`, last answer wrong",
+            {nb_name: edited},
+            total - lay.points(last),
+        ),
+        Case(
+            "rebind",
+            "all answers wrong; torch.allclose, numpy.testing, math.isclose, check, flowlib rebound",
+            {nb_name: rebind},
+            0.0,
+        ),
+        Case(
+            "exfil", "reads solutions/gradebook/.git, writes other students' files", {nb_name: exfil}, total
+        ),
         Case("flood", "prints 200 000 lines", {nb_name: flood}, total, "output flood truncated"),
-        Case("exits", "os._exit(1) in the last answer", {nb_name: exits}, total - lay.points(last), "kernel died"),
-        Case("corrupt", "notebook JSON cut in half", {nb_name: good_text[: len(good_text) // 2]}, 0.0,
-             "not a valid notebook"),
-        Case("missing", "no notebook, only a stray file", {"notes.txt": "I forgot to upload it"}, 0.0, "missing"),
-        Case("extra", "the solution plus extra files", {nb_name: solved(assignment, nb_name), "data.csv": "a,b\n1,2\n",
-                                                         "lib/helper.py": "X = 1\n", "blob.bin": os.urandom(4096)},
-             total, "extra files"),
-        Case("symlink", "a file that is a symbolic link to the solutions",
-             {nb_name: solved(assignment, nb_name),
-              "peek.ipynb": ("symlink", os.path.join(REPO, "solutions", assignment, nb_name))}, None, "REFUSED"),
+        Case(
+            "exits",
+            "os._exit(1) in the last answer",
+            {nb_name: exits},
+            total - lay.points(last),
+            "kernel died",
+        ),
+        Case(
+            "sigint",
+            "infinite loop that ignores the interrupt, in the last answer",
+            {nb_name: solved(assignment, nb_name, {last: IGNORE_SIGINT_LOOP + sol[last]})},
+            total - lay.points(last),
+            "kernel died",
+        ),
+        Case(
+            "corrupt",
+            "notebook JSON cut in half",
+            {nb_name: good_text[: len(good_text) // 2]},
+            0.0,
+            "not a valid notebook",
+        ),
+        Case(
+            "missing",
+            "no notebook, only a stray file",
+            {"notes.txt": "I forgot to upload it"},
+            0.0,
+            "missing",
+        ),
+        Case(
+            "extra",
+            "the solution plus extra files",
+            {
+                nb_name: solved(assignment, nb_name),
+                "data.csv": "a,b\n1,2\n",
+                "lib/helper.py": "X = 1\n",
+                "blob.bin": os.urandom(4096),
+            },
+            total,
+            "extra files",
+        ),
+        Case(
+            "symlink",
+            "a file that is a symbolic link to the solutions",
+            {
+                nb_name: solved(assignment, nb_name),
+                "peek.ipynb": ("symlink", os.path.join(REPO, "solutions", assignment, nb_name)),
+            },
+            None,
+            "REFUSED",
+        ),
     ]
 
 
@@ -307,8 +413,8 @@ DESIGNED_PARTIALS = {
             "q2_answer": "def kl_divergence(p, q):\n    return (p * torch.log(p / q)).sum(dim=-1)\n",
             # q3 right (3); q4 forgets the square root: fails q4 (0)
             "q4_answer": "def mc_estimate(f, d, n, generator):\n"
-                         "    v = f(torch.randn(n, d, generator=generator, dtype=torch.float64))\n"
-                         "    return v.mean(), v.std() / n\n",
+            "    v = f(torch.randn(n, d, generator=generator, dtype=torch.float64))\n"
+            "    return v.mean(), v.std() / n\n",
         },
         5.0,
     ),
@@ -350,8 +456,11 @@ def grade_rows(db_url: str, assignment: str, students: list[str]) -> dict:
     with Gradebook(db_url, "dgm-flows") as gb:
         for s in students:
             sub = gb.find_submission(assignment, s)
-            out[s] = sorted((nb.name, g.name, g.auto_score, g.manual_score, g.needs_manual_grade)
-                            for nb in sub.notebooks for g in nb.grades)
+            out[s] = sorted(
+                (nb.name, g.name, g.auto_score, g.manual_score, g.needs_manual_grade)
+                for nb in sub.notebooks
+                for g in nb.grades
+            )
     return out
 
 
@@ -388,8 +497,16 @@ class PostgresServer:
         import socket
         import tempfile
 
-        self.bin = subprocess.run([os.path.join(REPO, "scripts", "ensure_postgres.sh")], capture_output=True,
-                                  text=True, check=True).stdout.strip().splitlines()[-1]
+        self.bin = (
+            subprocess.run(
+                [os.path.join(REPO, "scripts", "ensure_postgres.sh")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         try:
             pwd.getpwnam(user)
         except KeyError:
@@ -409,10 +526,21 @@ class PostgresServer:
     def _run(self, *cmd: str) -> None:
         subprocess.run(list(cmd), check=True, capture_output=True, user=self.user, cwd=self.dir)
 
-    def start(self) -> "PostgresServer":
-        self._run(os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "grader", "--auth=trust", "-E", "UTF8")
-        self._run(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w",
-                  "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off", "start")
+    def start(self) -> PostgresServer:
+        self._run(
+            os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "grader", "--auth=trust", "-E", "UTF8"
+        )
+        self._run(
+            os.path.join(self.bin, "pg_ctl"),
+            "-D",
+            self.data,
+            "-l",
+            os.path.join(self.dir, "log"),
+            "-w",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off",
+            "start",
+        )
         import psycopg2
 
         conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="grader", dbname="postgres")

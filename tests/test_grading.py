@@ -1,9 +1,9 @@
 """The instructor grading pipeline, for every assignment in solutions/ (see instructors.md).
 
 One autograde batch per assignment grades generated bot submissions: correct, blank, partial, and hostile or
-broken ones (infinite loop, edited/deleted tests, rebinding assert helpers, reading/writing other files, output
-flood, os._exit, corrupted JSON, missing notebook, extra files, symlinks).  Benign students are graded first;
-the hostile ones are graded in a second run, after which the benign students' gradebook rows and every
+broken ones (infinite loop, edited/deleted tests, rebinding assert helpers, reading/writing other files,
+output flood, os._exit, corrupted JSON, missing notebook, extra files, symlinks).  Benign students are graded
+first; the hostile ones are graded in a second run, after which the benign students' gradebook rows and every
 submitted file must be unchanged.
 """
 
@@ -57,8 +57,10 @@ def test_student_version_is_what_nbgrader_generates(assignment, tmp_path):
         committed = H.load(os.path.join(H.REPO, "assignments", assignment, nb))
         fresh = H.load(str(out / assignment / nb))
         assert committed == fresh, (
-            f"assignments/{assignment}/{nb} is out of date: run `python -m course_tools generate {assignment}` "
-            "and commit the result")
+            f"assignments/{assignment}/{nb} is out of date: run "
+            f"`python -m course_tools generate {assignment}` "
+            "and commit the result"
+        )
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -116,7 +118,9 @@ def test_student_check_messages():
         check("ch01.q1", bad)
     text = buf.getvalue()
     assert "[ok]   Q1 entropy of a uniform" in text
-    assert "[FAIL] Q1 zero probabilities" in text and "got nan" in text and "1 of 2 visible tests passed" in text
+    assert (
+        "[FAIL] Q1 zero probabilities" in text and "got nan" in text and "1 of 2 visible tests passed" in text
+    )
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert check("ch01.q4", bad, raise_on_failure=False) is False
@@ -161,10 +165,20 @@ def batch(request, tmp_path_factory):
     submitted_before = H.hash_tree(os.path.join(work, "submitted"))
     gradebook_bytes = os.path.getsize(os.path.join(work, "gradebook.db"))
     second = H.cli(work, "autograde", assignment, "--no-force")
-    return dict(assignment=assignment, work=work, url=url, benign=benign, hostile=hostile, first=first,
-                second=second, benign_rows=benign_rows, benign_autograded=benign_autograded,
-                submitted_before=submitted_before, solutions_before=solutions_before,
-                gradebook_bytes=gradebook_bytes)
+    return dict(
+        assignment=assignment,
+        work=work,
+        url=url,
+        benign=benign,
+        hostile=hostile,
+        first=first,
+        second=second,
+        benign_rows=benign_rows,
+        benign_autograded=benign_autograded,
+        submitted_before=submitted_before,
+        solutions_before=solutions_before,
+        gradebook_bytes=gradebook_bytes,
+    )
 
 
 def test_correct_blank_and_partial_scores(batch):
@@ -188,7 +202,7 @@ def test_hostile_and_broken_submissions(batch):
         idx = [i for i, line in enumerate(lines) if line.split()[1:2] in ([c.student], [c.student + ":"])]
         assert idx, f"no line for {c.student} in the instructor's report:\n{out}"
         notes = [lines[idx[0]]]
-        for line in lines[idx[0] + 1:]:
+        for line in lines[idx[0] + 1 :]:
             if not line.startswith("      "):
                 break
             notes.append(line)

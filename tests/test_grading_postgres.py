@@ -1,8 +1,8 @@
 """The grading pipeline against a real PostgreSQL gradebook, as a course with several graders would run it.
 
 The server is started on 127.0.0.1 in a temp dir (scripts/ensure_postgres.sh finds or installs the binaries)
-and stopped afterwards.  Submissions are graded by two nbgrader processes at once (`autograde --jobs 2`), which
-is safe on PostgreSQL (and refused on SQLite).
+and stopped afterwards.  Submissions are graded by two nbgrader processes at once (`autograde --jobs 2`),
+which is safe on PostgreSQL (and refused on SQLite).
 """
 
 from __future__ import annotations
