@@ -1,8 +1,11 @@
 """Probability distributions used as flow bases, as baselines and in the probability chapters.
 
-Every distribution is an ``nn.Module``: its numbers are parameters (``trainable=True``, so it can be
-fitted by gradient descent, e.g. with ``flowlib.train.fit``) or buffers (``trainable=False``), so
-``.to(device)`` and ``.double()`` move it like any model. All of them have
+Every distribution is an ``nn.Module``. By default it is a fixed object: its numbers are buffers, so what
+it returns requires grad only if its input does (results can be plotted directly). With ``trainable=True``
+they are parameters, to be fitted by gradient descent (e.g. with ``flowlib.train.fit``). Either way
+``.to(device)`` and ``.double()`` move it like any model. Closed-form fits (``fit_mle``, ``fit_em``) also
+return fixed distributions unless given ``trainable=True`` (e.g. to start gradient descent from them).
+All of them have
 
 * ``log_prob(x)``: one log-density (or log-mass) per sample, shape ``(batch,)``, in nats, summed over the
   event dimensions;
@@ -155,24 +158,32 @@ class StandardNormal(Distribution):
 
 
 class DiagGaussian(Distribution):
-    """Gaussian with diagonal covariance ``N(mu, diag(sigma^2))``, ``sigma = exp(log_scale)``.
+    """Gaussian with diagonal covariance ``N(mu, diag(sigma^2))``.
 
     log p(x) = -1/2 sum_i [log 2 pi + 2 log sigma_i + ((x_i - mu_i) / sigma_i)^2]
 
     Sampling: ``x = mu + sigma * eps``. Entropy: ``sum_i [1/2 (1 + log 2 pi) + log sigma_i]``.
-    ``loc`` and ``log_scale`` have the event shape (any shape, e.g. ``(d,)`` or ``(c, h, w)``);
-    with ``trainable=True`` they are parameters (a learnable flow base).
+    Give the standard deviations as exactly one of ``log_scale = log sigma`` or ``scale = sigma`` (positive);
+    ``log_scale`` is what is stored, and ``.scale`` returns ``sigma = exp(log_scale)``. ``loc`` and the scale
+    have the event shape (any shape, e.g. ``(d,)`` or ``(c, h, w)``); with ``trainable=True`` ``loc`` and
+    ``log_scale`` are parameters (a learnable flow base).
     """
 
-    def __init__(self, loc, log_scale, trainable: bool = True):
+    def __init__(self, loc, log_scale=None, *, scale=None, trainable: bool = False):
         super().__init__()
         loc = _as_float_tensor(loc, "loc")
-        log_scale = _as_float_tensor(log_scale, "log_scale")
-        if loc.dim() == 0 or loc.shape != log_scale.shape:
+        if (log_scale is None) == (scale is None):
+            raise ValueError("give exactly one of log_scale or scale")
+        name = "log_scale" if scale is None else "scale"
+        value = _as_float_tensor(log_scale if scale is None else scale, name)
+        if scale is not None and not (value > 0).all():
+            raise ValueError("scale must be positive (it is the standard deviation sigma)")
+        if loc.dim() == 0 or loc.shape != value.shape:
             raise ValueError(
-                f"loc and log_scale must have the same non-scalar shape, got {tuple(loc.shape)} "
-                f"and {tuple(log_scale.shape)}"
+                f"loc and {name} must have the same non-scalar shape, got {tuple(loc.shape)} "
+                f"and {tuple(value.shape)}"
             )
+        log_scale = value if scale is None else value.log()
         self.event_shape = tuple(loc.shape)
         _store(self, "loc", loc, trainable)
         _store(self, "log_scale", log_scale.to(loc.dtype), trainable)
@@ -182,8 +193,10 @@ class DiagGaussian(Distribution):
         return self.log_scale.exp()
 
     @classmethod
-    def fit_mle(cls, x, trainable: bool = True) -> DiagGaussian:
-        """Closed-form maximum likelihood: ``mu = mean(x)``, ``sigma^2 = mean((x - mu)^2)`` (divide by N)."""
+    def fit_mle(cls, x, trainable: bool = False) -> DiagGaussian:
+        """Closed-form maximum likelihood: ``mu = mean(x)``, ``sigma^2 = mean((x - mu)^2)`` (divide by N).
+
+        Returns a fixed distribution; ``trainable=True`` makes its numbers parameters."""
         check_tensor(x, name="x")
         if x.dim() < 2 or x.shape[0] < 2:
             raise ValueError(f"x must have shape (batch >= 2, *event_shape), got {tuple(x.shape)}")
@@ -225,10 +238,11 @@ class FullGaussian(Distribution):
     * ``'cholesky'``: ``x = mu + L eps``;
     * ``'eigen'``: ``Sigma = Q Lambda Q^T``, ``x = mu + Q Lambda^{1/2} eps``.
 
-    Both give ``Cov[x] = Sigma``; they map the same ``eps`` to different points.
+    Both give ``Cov[x] = Sigma``; they map the same ``eps`` to different points. With ``trainable=True``
+    ``loc`` and the two parts of ``L`` are parameters.
     """
 
-    def __init__(self, loc, cov=None, scale_tril=None, trainable: bool = True):
+    def __init__(self, loc, cov=None, scale_tril=None, trainable: bool = False):
         super().__init__()
         loc = _as_float_tensor(loc, "loc")
         if loc.dim() != 1:
@@ -261,9 +275,11 @@ class FullGaussian(Distribution):
         return L @ L.T
 
     @classmethod
-    def fit_mle(cls, x, trainable: bool = True) -> FullGaussian:
+    def fit_mle(cls, x, trainable: bool = False) -> FullGaussian:
         """Closed-form maximum likelihood:
-        ``mu = mean(x)``, ``Sigma = (1/N) sum_n (x_n - mu)(x_n - mu)^T`` (divide by N, not N - 1)."""
+        ``mu = mean(x)``, ``Sigma = (1/N) sum_n (x_n - mu)(x_n - mu)^T`` (divide by N, not N - 1).
+
+        Returns a fixed distribution; ``trainable=True`` makes its numbers parameters."""
         check_tensor(x, name="x", ndim=2)
         if x.shape[0] <= x.shape[1]:
             raise ValueError(f"need more samples than dimensions for a full covariance, got {tuple(x.shape)}")
@@ -307,15 +323,18 @@ class GaussianMixture(Distribution):
     ``pi = softmax(weights_logits)``.
 
     Covariances are full (``scale_trils``, shape ``(K, d, d)``, ``Sigma_k = L_k L_k^T``) or diagonal
-    (``scales``, shape ``(K, d)``, standard deviations). The log-density is computed stably:
+    (``scales``, shape ``(K, d)``, standard deviations). Whichever was given, ``.scale_trils``,
+    ``.covariances`` (``(K, d, d)``) and ``.scales`` (``(K, d)``, ``sqrt(diag Sigma_k)``) return them.
+    The log-density is computed stably:
 
         log p(x) = logsumexp_k [log pi_k + log N(x; mu_k, Sigma_k)]
 
     Sampling: ``k ~ Categorical(pi)``, then ``x ~ N(mu_k, Sigma_k)``. Fit with EM (``fit_em``) or by
-    gradient descent on the negative log-likelihood (it is an ``nn.Module``: ``flowlib.train.fit``).
+    gradient descent on the negative log-likelihood (``trainable=True`` makes the weight logits, means and
+    scales parameters; it is an ``nn.Module``: ``flowlib.train.fit``).
     """
 
-    def __init__(self, weights_logits, locs, scale_trils=None, scales=None, trainable: bool = True):
+    def __init__(self, weights_logits, locs, scale_trils=None, scales=None, trainable: bool = False):
         super().__init__()
         logits = _as_float_tensor(weights_logits, "weights_logits")
         locs = _as_float_tensor(locs, "locs").to(logits.dtype)
@@ -355,8 +374,22 @@ class GaussianMixture(Distribution):
     @property
     def scale_trils(self):
         if self.covariance_type == "diag":
-            return torch.diag_embed(self.log_scales.exp())
+            return torch.diag_embed(self.scales)
         return torch.tril(self.tril_offdiag, -1) + torch.diag_embed(self.log_diag.exp())
+
+    @property
+    def covariances(self):
+        """``Sigma_k = L_k L_k^T``, shape ``(K, d, d)``."""
+        L = self.scale_trils
+        return L @ L.mT
+
+    @property
+    def scales(self):
+        """Per-coordinate standard deviations ``sqrt(diag Sigma_k)``, shape ``(K, d)``, like
+        ``DiagGaussian.scale`` (for a diagonal mixture: the ``scales`` it was built with)."""
+        if self.covariance_type == "diag":
+            return self.log_scales.exp()
+        return self.scale_trils.pow(2).sum(-1).sqrt()
 
     def component_log_prob(self, x):
         """``log N(x_n; mu_k, Sigma_k)`` for every sample and component, shape ``(batch, K)``."""
@@ -364,7 +397,7 @@ class GaussianMixture(Distribution):
         diff = x[:, None, :] - self.locs  # (B, K, d)
         d = self.event_shape[0]
         if self.covariance_type == "diag":
-            maha = (diff / self.log_scales.exp()).pow(2).sum(-1)
+            maha = (diff / self.scales).pow(2).sum(-1)
             logdet = 2 * self.log_scales.sum(-1)
         else:
             v = torch.linalg.solve_triangular(self.scale_trils, diff.unsqueeze(-1), upper=False)
@@ -386,7 +419,7 @@ class GaussianMixture(Distribution):
             (n, *self.event_shape), generator=generator, dtype=self.locs.dtype, device=self.locs.device
         )
         if self.covariance_type == "diag":
-            return self.locs[k] + self.log_scales.exp()[k] * eps
+            return self.locs[k] + self.scales[k] * eps
         return self.locs[k] + (self.scale_trils[k] @ eps.unsqueeze(-1)).squeeze(-1)
 
     @classmethod
@@ -401,6 +434,7 @@ class GaussianMixture(Distribution):
         seed: int = 0,
         covariance_type: str = "full",
         reg: float = 1e-6,
+        trainable: bool = False,
     ) -> tuple[GaussianMixture, list[float]]:
         """Fit by expectation-maximisation; returns ``(model, history)``.
 
@@ -413,7 +447,8 @@ class GaussianMixture(Distribution):
 
         ``history[i]`` is the mean log-likelihood ``(1/N) sum_n log p(x_n)`` after ``i`` M steps; EM never
         decreases it (up to the tiny ``reg`` that keeps covariances invertible). Stops when an iteration
-        improves it by less than ``tol``.
+        improves it by less than ``tol``. The model is fixed unless ``trainable=True`` (e.g. to continue
+        by gradient descent).
         """
         check_tensor(x, name="x", ndim=2)
         k = check_int(k, "k")
@@ -459,8 +494,8 @@ class GaussianMixture(Distribution):
             history.append(float(e_step()[0].mean()))
         L = torch.linalg.cholesky(cov)
         if covariance_type == "diag":
-            return cls(log_w, means, scales=torch.diagonal(L, dim1=-2, dim2=-1)), history
-        return cls(log_w, means, scale_trils=L), history
+            return cls(log_w, means, scales=torch.diagonal(L, dim1=-2, dim2=-1), trainable=trainable), history
+        return cls(log_w, means, scale_trils=L, trainable=trainable), history
 
 
 def _kmeans_pp_init(x, k, seed):
@@ -480,17 +515,40 @@ def _kmeans_pp_init(x, k, seed):
 # --------------------------------------------------------------------------------------------------
 
 
+def _logits_or_probs(logits, probs):
+    """The one given of ``logits`` (finite) and ``probs`` (in [0, 1]) as a float tensor, and its name."""
+    if (logits is None) == (probs is None):
+        raise ValueError("give exactly one of logits or probs")
+    if probs is None:
+        return _as_float_tensor(logits, "logits"), "logits"
+    probs = _as_float_tensor(probs, "probs")
+    if not ((probs >= 0) & (probs <= 1)).all():
+        raise ValueError(f"probs must lie in [0, 1], got values from {float(probs.min()):g} to {float(probs.max()):g}")
+    return probs, "probs"
+
+
+def _expect(logp, t):
+    """``sum_k p_k t_k`` over the last axis, ``p = exp(logp)``, where a term with ``p_k = 0`` is 0 whatever
+    ``t_k`` is (``0 log 0 = 0``), and adds no NaN to the gradient either."""
+    return (logp.exp() * t.masked_fill(logp == -math.inf, 0)).sum(-1)
+
+
 class Bernoulli(Distribution):
-    """Independent Bernoulli variables, ``P(x_i = 1) = sigmoid(logits_i)``; event shape ``logits.shape``.
+    """Independent Bernoulli variables, ``P(x_i = 1) = p_i = sigmoid(a_i)``; event shape ``a.shape``.
 
-    log P(x) = sum_i [x_i log sigmoid(a_i) + (1 - x_i) log sigmoid(-a_i)]   (``a = logits``, stable form)
+    Give exactly one of ``logits = a`` (finite) or ``probs = p`` (in [0, 1]). Only ``logits`` is stored,
+    ``a = log p - log(1 - p)``, so ``p = 0`` and ``p = 1`` stay exact (``a = -inf`` and ``+inf``).
+    All axes are event axes (independent variables): ``log_prob``, ``entropy`` and KL sum over them.
 
-    Entropy: ``-sum_i [p_i log p_i + (1 - p_i) log(1 - p_i)]``.
+    log P(x) = sum_i [log sigmoid(a_i) if x_i = 1 else log sigmoid(-a_i)]   (``-inf`` for an impossible x)
+
+    Entropy: ``-sum_i [p_i log p_i + (1 - p_i) log(1 - p_i)]``, with ``0 log 0 = 0``.
     """
 
-    def __init__(self, logits, trainable: bool = True):
+    def __init__(self, logits=None, *, probs=None, trainable: bool = False):
         super().__init__()
-        logits = _as_float_tensor(logits, "logits")
+        value, name = _logits_or_probs(logits, probs)
+        logits = value if name == "logits" else torch.logit(value)
         if logits.dim() == 0:
             logits = logits.reshape(1)
         self.event_shape = tuple(logits.shape)
@@ -507,31 +565,42 @@ class Bernoulli(Distribution):
         check_tensor(x, name="x", event_shape=self.event_shape)
         if not ((x == 0) | (x == 1)).all():
             raise ValueError("x must contain only 0s and 1s")
-        lp = -F.binary_cross_entropy_with_logits(self.logits.expand_as(x), x, reduction="none")
+        lp = torch.where(x == 1, F.logsigmoid(self.logits), F.logsigmoid(-self.logits))
         return lp.reshape(x.shape[0], -1).sum(1)
 
     def sample(self, n, generator=None):
         check_int(n, "n")
         return torch.bernoulli(self.probs.detach().expand(n, *self.event_shape), generator=generator)
 
+    def _log_masses(self):
+        """``[log P(x_i = 0), log P(x_i = 1)]`` per variable, shape ``(*event_shape, 2)``."""
+        return torch.stack([F.logsigmoid(-self.logits), F.logsigmoid(self.logits)], -1)
+
     def entropy(self):
-        p, a = self.probs, self.logits
-        return -(p * F.logsigmoid(a) + (1 - p) * F.logsigmoid(-a)).sum()
+        logp = self._log_masses()
+        return -_expect(logp, logp).sum()
 
 
 class Categorical(Distribution):
-    """Categorical variables over ``K`` classes, ``P(x = k) = softmax(logits)_k``.
+    """Categorical variables over ``K`` classes, ``P(x = k) = p_k = softmax(logits)_k``.
 
-    ``logits`` has shape ``(*event_shape, K)`` (``(K,)`` for one variable); samples are integer class
-    indices of shape ``(n, *event_shape)``. log P(x) = sum over variables of ``log_softmax(logits)[x]``;
-    entropy ``-sum_k p_k log p_k`` (summed over variables).
+    Give exactly one of ``logits`` (finite) or ``probs = p`` (in [0, 1], summing to 1 over the last axis
+    within 1e-5), of shape ``(*event_shape, K)`` (``(K,)`` for one variable). Only ``logits`` is stored,
+    ``logits = log p``, so ``p_k = 0`` stays exact (``-inf``). Samples are integer class indices of shape
+    ``(n, *event_shape)``. log P(x) = sum over variables of ``log_softmax(logits)[x]`` (``-inf`` for an
+    impossible x); entropy ``-sum_k p_k log p_k``, with ``0 log 0 = 0`` (summed over variables).
     """
 
-    def __init__(self, logits, trainable: bool = True):
+    def __init__(self, logits=None, *, probs=None, trainable: bool = False):
         super().__init__()
-        logits = _as_float_tensor(logits, "logits")
+        logits, name = _logits_or_probs(logits, probs)
         if logits.dim() == 0 or logits.shape[-1] < 1:
-            raise ValueError(f"logits must have shape (*event_shape, K), got {tuple(logits.shape)}")
+            raise ValueError(f"{name} must have shape (*event_shape, K), got {tuple(logits.shape)}")
+        if name == "probs":
+            err = float((logits.sum(-1) - 1).abs().max())
+            if err > 1e-5:
+                raise ValueError(f"probs must sum to 1 over the last axis (within 1e-5), off by {err:.3g}")
+            logits = logits.log()
         self.event_shape = tuple(logits.shape[:-1])
         self.num_classes = logits.shape[-1]
         _store(self, "logits", logits, trainable)
@@ -549,7 +618,7 @@ class Categorical(Distribution):
             )
         if ((x < 0) | (x >= self.num_classes)).any():
             raise ValueError(f"x must hold class indices in 0..{self.num_classes - 1}")
-        logp = self.logits.log_softmax(-1).expand(*x.shape, self.num_classes)
+        logp = self._log_masses().expand(*x.shape, self.num_classes)
         lp = torch.gather(logp, -1, x.long().unsqueeze(-1)).squeeze(-1)
         return lp.reshape(x.shape[0], -1).sum(1)
 
@@ -559,8 +628,13 @@ class Categorical(Distribution):
         idx = torch.multinomial(p, n, replacement=True, generator=generator)  # (variables, n)
         return idx.T.reshape(n, *self.event_shape)
 
+    def _log_masses(self):
+        """``log p_k`` per variable, shape ``(*event_shape, K)``."""
+        return self.logits.log_softmax(-1)
+
     def entropy(self):
-        return -(self.probs * self.logits.log_softmax(-1)).sum()
+        logp = self._log_masses()
+        return -_expect(logp, logp).sum()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -605,17 +679,13 @@ def _closed_form_kl(p, q):
     gp, gq = _gaussian_params(p), _gaussian_params(q)
     if gp is not None and gq is not None:
         return _kl_gaussians(gp, gq)
-    if isinstance(p, Bernoulli) and isinstance(q, Bernoulli):
+    if any(isinstance(p, c) and isinstance(q, c) for c in (Bernoulli, Categorical)):
         _check_same_shape(p, q)
-        a, b, pp = p.logits, q.logits, p.probs
-        kl = pp * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - pp) * (F.logsigmoid(-a) - F.logsigmoid(-b))
-        return kl.sum()
-    if isinstance(p, Categorical) and isinstance(q, Categorical):
-        _check_same_shape(p, q)
-        if p.num_classes != q.num_classes:
+        lp, lq = p._log_masses(), q._log_masses()
+        if lp.shape != lq.shape:
             raise ValueError(f"Categoricals with {p.num_classes} and {q.num_classes} classes")
-        lp, lq = p.logits.log_softmax(-1), q.logits.log_softmax(-1)
-        return (lp.exp() * (lp - lq)).sum()
+        # sum_k p_k (log p_k - log q_k): +inf if some q_k = 0 < p_k; terms with p_k = 0 are 0
+        return _expect(lp, lp - lq).sum()
     return None
 
 
@@ -639,10 +709,11 @@ def kl_divergence(p, q, n_samples: int | None = None, seed: int | None = None, r
 
     With ``n_samples=None``: the closed form for Gaussian/Gaussian (``StandardNormal``, ``DiagGaussian``,
     ``FullGaussian`` in any combination), Bernoulli/Bernoulli and Categorical/Categorical; other pairs raise
-    ``ValueError``. With ``n_samples=n``: the Monte Carlo estimate ``(1/n) sum_i [log p(x_i) - log q(x_i)]``,
-    ``x_i ~ p`` drawn with ``seed``, which is *unbiased* (its mean over seeds is the exact KL) but, unlike
-    the exact value, can come out negative; ``return_stderr=True`` also returns its standard error.
-    Works for any pair with ``log_prob`` and ``sample`` (e.g. mixtures, flows).
+    ``ValueError``. A discrete KL is ``+inf`` when ``p`` puts mass on an outcome to which ``q`` gives
+    probability 0, and terms with ``p_k = 0`` contribute 0. With ``n_samples=n``: the Monte Carlo estimate
+    ``(1/n) sum_i [log p(x_i) - log q(x_i)]``, ``x_i ~ p`` drawn with ``seed``, which is *unbiased* (its mean
+    over seeds is the exact KL) but, unlike the exact value, can come out negative; ``return_stderr=True``
+    also returns its standard error. Works for any pair with ``log_prob`` and ``sample`` (e.g. mixtures, flows).
     """
     if n_samples is not None:
         return _mc(lambda x: p.log_prob(x) - q.log_prob(x), p, n_samples, seed, return_stderr)

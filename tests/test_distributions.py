@@ -56,9 +56,9 @@ def mixture_2d(cov="full"):
     logits = torch.tensor([0.3, -0.2, 0.5], dtype=D64)
     if cov == "full":
         L = torch.stack([0.6 * random_tril(2, g) for _ in range(3)])
-        return GaussianMixture(logits, locs, scale_trils=L, trainable=False)
+        return GaussianMixture(logits, locs, scale_trils=L)
     return GaussianMixture(
-        logits, locs, scales=torch.tensor([[0.5, 1.0], [0.8, 0.4], [1.2, 0.7]], dtype=D64), trainable=False
+        logits, locs, scales=torch.tensor([[0.5, 1.0], [0.8, 0.4], [1.2, 0.7]], dtype=D64)
     )
 
 
@@ -193,7 +193,7 @@ def test_mle_matches_gradient_fitting():
     L = random_tril(2, g)
     x = (torch.randn(4000, 2, generator=g, dtype=D64) @ L.T + torch.tensor([1.0, -0.5], dtype=D64)).float()
     mle = FullGaussian.fit_mle(x)
-    model = FullGaussian(torch.zeros(2), cov=torch.eye(2))
+    model = FullGaussian(torch.zeros(2), cov=torch.eye(2), trainable=True)
     train.fit(model, x, steps=1500, batch_size=4000, lr=0.02, lr_schedule="cosine", progress=False)
     with torch.no_grad():
         nll_mle, nll_grad = -mle.log_prob(x).mean(), -model.log_prob(x).mean()
@@ -236,7 +236,7 @@ def test_em_seeded_and_gradient_fit_agree():
     b, hb = GaussianMixture.fit_em(x, 2, seed=5)
     assert ha == hb and torch.equal(a.locs, b.locs)
     # gradient fitting of the same model (an nn.Module) from EM's start reaches the same likelihood
-    init, _ = GaussianMixture.fit_em(x, 2, n_iter=2, seed=5)
+    init, _ = GaussianMixture.fit_em(x, 2, n_iter=2, seed=5, trainable=True)
     train.fit(init, x.float().double(), steps=600, batch_size=len(x), lr=0.02, progress=False)
     assert float(init.log_prob(x).mean().detach()) == pytest.approx(ha[-1], abs=2e-3)
 
@@ -248,7 +248,7 @@ def test_em_seeded_and_gradient_fit_agree():
 
 def test_bernoulli():
     logits = torch.tensor([0.3, -1.2, 2.0], dtype=D64)
-    p = Bernoulli(logits, trainable=False)
+    p = Bernoulli(logits)
     outcomes = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=D64)] * 3)
     assert float(p.log_prob(outcomes).exp().sum()) == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(
@@ -263,7 +263,7 @@ def test_bernoulli():
 
 def test_categorical():
     logits = torch.tensor([[0.1, 1.0, -0.5], [2.0, 0.0, 0.0]], dtype=D64)  # two variables, 3 classes
-    p = Categorical(logits, trainable=False)
+    p = Categorical(logits)
     outcomes = torch.cartesian_prod(torch.arange(3), torch.arange(3))
     assert float(p.log_prob(outcomes).exp().sum()) == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(p.entropy(), td.Categorical(logits=logits).entropy().sum())
@@ -277,6 +277,84 @@ def test_categorical():
         p.log_prob(torch.zeros(1, 2))
 
 
+def test_discrete_probs_match_logits():
+    logits = torch.tensor([[0.1, 1.0, -0.5], [2.0, 0.0, 0.0]], dtype=D64)
+    by_logits, by_probs = Categorical(logits), Categorical(probs=logits.softmax(-1))
+    outcomes = torch.cartesian_prod(torch.arange(3), torch.arange(3))
+    torch.testing.assert_close(by_probs.log_prob(outcomes), by_logits.log_prob(outcomes))
+    torch.testing.assert_close(by_probs.probs, by_logits.probs)
+    torch.testing.assert_close(by_probs.entropy(), by_logits.entropy())
+    a = torch.tensor([0.3, -1.2, 2.0], dtype=D64)
+    bern = Bernoulli(probs=a.sigmoid())
+    x = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=D64)] * 3)
+    torch.testing.assert_close(bern.log_prob(x), Bernoulli(a).log_prob(x))
+    torch.testing.assert_close(bern.entropy(), Bernoulli(a).entropy())
+    assert Bernoulli(probs=0.25).event_shape == (1,)  # a scalar is one variable, as for logits
+
+
+def test_discrete_exact_zeros():
+    """p = 0 stays exactly 0: 0 log 0 = 0 in the entropy, log-mass -inf, never sampled, no NaN anywhere."""
+    coin = Bernoulli(probs=torch.tensor([0.0, 1.0, 0.5], dtype=D64))
+    assert coin.probs.tolist() == [0.0, 1.0, 0.5]
+    assert float(coin.entropy()) == pytest.approx(math.log(2), abs=1e-15)
+    lp = coin.log_prob(torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=D64))
+    assert lp[0] == pytest.approx(-math.log(2), abs=1e-15) and lp[1] == -math.inf and lp[2] == -math.inf
+    s = coin.sample(1000, generator=torch.Generator().manual_seed(0))
+    assert (s[:, 0] == 0).all() and (s[:, 1] == 1).all()
+    die = Categorical(probs=torch.tensor([0.5, 0.5, 0.0], dtype=D64))
+    assert die.probs.tolist() == [0.5, 0.5, 0.0]
+    assert float(die.entropy()) == pytest.approx(math.log(2), abs=1e-15)
+    torch.testing.assert_close(die.entropy(), td.Categorical(probs=die.probs).entropy())
+    assert die.log_prob(torch.tensor([2, 0])).tolist() == [-math.inf, -math.log(2)]
+    assert not (die.sample(1000, generator=torch.Generator().manual_seed(0)) == 2).any()
+    certain = Categorical(probs=torch.tensor([0.0, 1.0, 0.0], dtype=D64))
+    assert float(certain.entropy()) == 0.0
+    # fitted by gradient, a zero-probability class gives finite gradients (0 log 0 has no NaN slope)
+    fitted = Categorical(probs=torch.tensor([0.5, 0.5, 0.0], dtype=D64), trainable=True)
+    (fitted.entropy() + fitted.log_prob(torch.tensor([1])).sum()).backward()
+    assert torch.isfinite(fitted.logits.grad).all()
+
+
+def test_discrete_kl_infinite_and_zero_terms():
+    p = Categorical(probs=torch.tensor([0.5, 0.5, 0.0], dtype=D64))
+    q = Categorical(probs=torch.tensor([0.25, 0.25, 0.5], dtype=D64))
+    r = Categorical(probs=torch.tensor([0.0, 0.5, 0.5], dtype=D64))
+    # the term with p_3 = 0 contributes 0 (it would be 0 * log(0 / 0.5))
+    assert float(kl_divergence(p, q)) == pytest.approx(math.log(2), abs=1e-15)
+    # p puts mass where r has none: KL(p || r) = +inf, and so is H(p, r); the other way round too
+    assert float(kl_divergence(p, r)) == math.inf and float(cross_entropy(p, r)) == math.inf
+    assert float(kl_divergence(r, p)) == math.inf
+    assert float(kl_divergence(q, p)) == math.inf  # q has mass on class 3, p has none
+    torch.testing.assert_close(
+        kl_divergence(p, q), td.kl_divergence(td.Categorical(probs=p.probs), td.Categorical(probs=q.probs))
+    )
+    a = Bernoulli(probs=torch.tensor([0.0, 1.0], dtype=D64))
+    b = Bernoulli(probs=torch.tensor([0.5, 0.5], dtype=D64))
+    assert float(kl_divergence(a, b)) == pytest.approx(2 * math.log(2), abs=1e-15)
+    assert float(kl_divergence(b, a)) == math.inf
+    assert float(kl_divergence(a, a)) == 0.0
+
+
+def test_discrete_bad_arguments():
+    for cls in (Bernoulli, Categorical):
+        with pytest.raises(ValueError, match="exactly one of logits or probs"):
+            cls()
+        with pytest.raises(ValueError, match="exactly one of logits or probs"):
+            cls(torch.zeros(2), probs=torch.full((2,), 0.5))
+        with pytest.raises(ValueError, match=r"probs must lie in \[0, 1\], got values from -0.1 to 1.1"):
+            cls(probs=torch.tensor([-0.1, 1.1]))
+        with pytest.raises(ValueError, match="probs contains 1 NaN"):
+            cls(probs=torch.tensor([float("nan"), 1.0]))
+        with pytest.raises(ValueError, match="logits contains 1 NaN or infinite"):
+            cls(torch.tensor([-math.inf, 0.0]))  # use probs= for an exact zero
+    with pytest.raises(ValueError, match=r"probs must sum to 1 over the last axis \(within 1e-5\), off by 0.4"):
+        Categorical(probs=torch.tensor([[0.5, 0.5], [0.3, 0.3]]))
+    with pytest.raises(ValueError, match=r"probs must have shape \(\*event_shape, K\)"):
+        Categorical(probs=torch.tensor(1.0))
+    Categorical(probs=torch.full((10,), 0.1))  # float32 rounding (sum 1.0000001) is fine
+    Bernoulli(probs=torch.tensor([0.3, 0.3]))  # independent coins need not sum to 1
+
+
 # --------------------------------------------------------------------------------------------------
 # Entropy, cross-entropy, KL
 # --------------------------------------------------------------------------------------------------
@@ -288,24 +366,24 @@ def gaussian_pairs():
     ls1, ls2 = 0.3 * torch.randn(3, generator=g, dtype=D64), 0.3 * torch.randn(3, generator=g, dtype=D64)
     L1, L2 = random_tril(3, g) * 0.7, random_tril(3, g) * 0.7
     return {
-        "std-diag": (StandardNormal(3).double(), DiagGaussian(loc1, ls1, trainable=False)),
-        "diag-diag": (DiagGaussian(loc1, ls1, trainable=False), DiagGaussian(loc2, ls2, trainable=False)),
+        "std-diag": (StandardNormal(3).double(), DiagGaussian(loc1, ls1)),
+        "diag-diag": (DiagGaussian(loc1, ls1), DiagGaussian(loc2, ls2)),
         "full-full": (
-            FullGaussian(loc1, scale_tril=L1, trainable=False),
-            FullGaussian(loc2, scale_tril=L2, trainable=False),
+            FullGaussian(loc1, scale_tril=L1),
+            FullGaussian(loc2, scale_tril=L2),
         ),
         "diag-full": (
-            DiagGaussian(loc1, ls1, trainable=False),
-            FullGaussian(loc2, scale_tril=L2, trainable=False),
+            DiagGaussian(loc1, ls1),
+            FullGaussian(loc2, scale_tril=L2),
         ),
-        "full-std": (FullGaussian(loc2, scale_tril=L2, trainable=False), StandardNormal(3).double()),
+        "full-std": (FullGaussian(loc2, scale_tril=L2), StandardNormal(3).double()),
         "bernoulli": (
-            Bernoulli(torch.tensor([0.5, -1.0], dtype=D64), trainable=False),
-            Bernoulli(torch.tensor([2.0, 0.1], dtype=D64), trainable=False),
+            Bernoulli(torch.tensor([0.5, -1.0], dtype=D64)),
+            Bernoulli(torch.tensor([2.0, 0.1], dtype=D64)),
         ),
         "categorical": (
-            Categorical(torch.tensor([0.5, -1.0, 0.2], dtype=D64), trainable=False),
-            Categorical(torch.tensor([0.0, 1.0, -2.0], dtype=D64), trainable=False),
+            Categorical(torch.tensor([0.5, -1.0, 0.2], dtype=D64)),
+            Categorical(torch.tensor([0.0, 1.0, -2.0], dtype=D64)),
         ),
     }
 
@@ -347,7 +425,7 @@ def test_kl_zero_only_at_equality(pair):
     assert float(kl_divergence(p, q)) > 1e-3 and float(kl_divergence(q, p)) > 1e-3
     # a small move away from equality gives a small positive KL
     if isinstance(p, DiagGaussian):
-        near = DiagGaussian(p.loc + 1e-3, p.log_scale, trainable=False)
+        near = DiagGaussian(p.loc + 1e-3, p.log_scale)
         assert 0 < float(kl_divergence(p, near)) < 1e-4
 
 
@@ -362,6 +440,80 @@ def test_kl_mixture_needs_monte_carlo():
     assert float(kl_divergence(p, p, n_samples=1000, seed=0)) == 0.0
     # seeded: same seed, same estimate
     assert float(est) == float(kl_divergence(p, q, n_samples=20_000, seed=0))
+
+
+def test_diag_gaussian_scale_or_log_scale():
+    loc, sd = torch.tensor([0.5, -1.0], dtype=D64), torch.tensor([2.0, 0.3], dtype=D64)
+    a, b = DiagGaussian(loc, sd.log()), DiagGaussian(loc, scale=sd)
+    torch.testing.assert_close(b.scale, sd)
+    torch.testing.assert_close(b.log_scale, a.log_scale)
+    x = torch.randn(10, 2, dtype=D64)
+    torch.testing.assert_close(b.log_prob(x), a.log_prob(x))
+    torch.testing.assert_close(b.entropy(), a.entropy())
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    torch.testing.assert_close(b.sample(5, generator=g1), a.sample(5, generator=g2))
+    assert {n for n, _ in DiagGaussian(loc, scale=sd, trainable=True).named_parameters()} == {"loc", "log_scale"}
+    with pytest.raises(ValueError, match="exactly one of log_scale or scale"):
+        DiagGaussian(loc)
+    with pytest.raises(ValueError, match="exactly one of log_scale or scale"):
+        DiagGaussian(loc, sd.log(), scale=sd)
+    with pytest.raises(ValueError, match=r"scale must be positive \(it is the standard deviation sigma\)"):
+        DiagGaussian(loc, scale=torch.tensor([1.0, 0.0], dtype=D64))
+    with pytest.raises(ValueError, match=r"scale must be positive"):
+        DiagGaussian(loc, scale=torch.tensor([1.0, -2.0], dtype=D64))
+    with pytest.raises(ValueError, match=r"loc and scale must have the same non-scalar shape, got \(2,\) and \(3,\)"):
+        DiagGaussian(loc, scale=torch.ones(3, dtype=D64))
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_mixture_scales_and_covariances(cov):
+    gm = mixture_2d(cov)
+    L = gm.scale_trils
+    torch.testing.assert_close(gm.covariances, L @ L.mT)
+    torch.testing.assert_close(gm.scales, torch.diagonal(gm.covariances, dim1=-2, dim2=-1).sqrt())
+    if cov == "diag":
+        torch.testing.assert_close(gm.scales, torch.tensor([[0.5, 1.0], [0.8, 0.4], [1.2, 0.7]], dtype=D64))
+    # component k is the Gaussian N(locs[k], covariances[k]); in the diagonal case DiagGaussian(scale=scales[k])
+    k, x = 1, torch.randn(6, 2, dtype=D64)
+    comp = FullGaussian(gm.locs[k], cov=gm.covariances[k])
+    torch.testing.assert_close(gm.component_log_prob(x)[:, k], comp.log_prob(x))
+    if cov == "diag":
+        torch.testing.assert_close(DiagGaussian(gm.locs[k], scale=gm.scales[k]).log_prob(x), comp.log_prob(x))
+
+
+def test_fixed_by_default_trainable_on_request():
+    """A distribution is a fixed object (buffers, results need no grad, e.g. for plotting) unless
+    ``trainable=True``; closed-form fits return fixed distributions too."""
+    x = two_cluster_data(n=300)
+    fixed = [
+        DiagGaussian(torch.zeros(2), torch.zeros(2)),
+        DiagGaussian(torch.zeros(2), scale=torch.ones(2)),
+        FullGaussian(torch.zeros(2), cov=torch.eye(2)),
+        GaussianMixture(torch.zeros(2), torch.zeros(2, 2), scales=torch.ones(2, 2)),
+        DiagGaussian.fit_mle(x),
+        FullGaussian.fit_mle(x),
+        GaussianMixture.fit_em(x, 2, n_iter=3)[0],
+    ]
+    for dist in fixed:
+        assert not list(dist.parameters()), type(dist).__name__
+        out = [dist.log_prob(x.to(dist._ref().dtype)), dist.sample(3)]
+        assert not any(t.requires_grad for t in out), type(dist).__name__
+        out[0].numpy()  # what matplotlib calls
+    for dist in (Bernoulli(torch.zeros(2)), Categorical(probs=torch.full((3,), 1 / 3))):
+        assert not list(dist.parameters()) and not dist.entropy().requires_grad and not dist.probs.requires_grad
+    assert not kl_divergence(fixed[0], fixed[1]).requires_grad
+    trainable = [
+        DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True),
+        FullGaussian.fit_mle(x, trainable=True),
+        GaussianMixture.fit_em(x, 2, n_iter=3, trainable=True)[0],
+        Bernoulli(torch.zeros(2), trainable=True),
+        Categorical(probs=torch.full((3,), 1 / 3), trainable=True),
+    ]
+    for dist in trainable:
+        params = list(dist.parameters())
+        assert params and all(p.requires_grad for p in params), type(dist).__name__
+    with pytest.raises(TypeError):
+        DiagGaussian(torch.zeros(2), torch.zeros(2), True)  # trainable is keyword-only
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,9 +552,9 @@ def test_dtype_moves_and_learnable_base():
     from flowlib.flow import Flow
     from flowlib.transforms.base import Compose
 
-    base = DiagGaussian(torch.zeros(2), torch.zeros(2))
+    base = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
     assert {n for n, _ in base.named_parameters()} == {"loc", "log_scale"}
-    fixed = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=False).double()
+    fixed = DiagGaussian(torch.zeros(2), torch.zeros(2)).double()
     assert fixed.loc.dtype == D64 and not list(fixed.parameters())
     gm = mixture_2d("full").float()
     assert gm.sample(3).dtype == torch.float32

@@ -23,14 +23,14 @@ def gaussian_data(n=2000, mean=0.0, seed=0):
 
 def test_fit_history_and_convergence():
     x = gaussian_data(mean=1.0)
-    model = DiagGaussian(torch.zeros(2), torch.zeros(2))
+    model = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
     h = fit(model, x, steps=400, batch_size=256, lr=0.05, progress=False, log_every=7)
     assert h["steps"] == 400 and len(h["train_loss"]) == 400
     assert h["train_loss"][-1] < h["train_loss"][0]
     assert h["val_loss"] == [] and h["best_step"] is None and h["wall_time"] > 0
     torch.testing.assert_close(model.loc.detach(), x.mean(0), atol=0.03, rtol=0)
     # epochs: ceil(2000 / 512) = 4 steps per epoch
-    h = fit(DiagGaussian(torch.zeros(2), torch.zeros(2)), x, epochs=3, progress=False)
+    h = fit(DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True), x, epochs=3, progress=False)
     assert h["steps"] == 12
 
 
@@ -38,10 +38,10 @@ def test_fit_is_seeded():
     x = gaussian_data()
     runs = []
     for _ in range(2):
-        model = DiagGaussian(torch.zeros(2), torch.zeros(2))
+        model = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
         runs.append(fit(model, x, steps=30, batch_size=64, seed=3, progress=False)["train_loss"])
     assert runs[0] == runs[1]
-    model = DiagGaussian(torch.zeros(2), torch.zeros(2))
+    model = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
     assert fit(model, x, steps=30, batch_size=64, seed=4, progress=False)["train_loss"] != runs[0]
 
 
@@ -54,14 +54,14 @@ def test_fit_raises_naming_the_step_on_nan():
         loss = -model.log_prob(batch).mean()
         return loss * float("nan") if calls["n"] == 8 else loss  # the 8th step is step 7
 
-    model = DiagGaussian(torch.zeros(2), torch.zeros(2))
+    model = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
     with pytest.raises(FloatingPointError, match="step 7"):
         fit(model, x, steps=100, batch_size=64, loss_fn=loss_fn, log_every=25, progress=False)
 
 
 def test_fit_raises_on_inf_with_lr_too_large():
     # the first step sends log_scale to -1e6: the loss of step 1 is +inf
-    model = DiagGaussian(torch.zeros(2), torch.zeros(2))
+    model = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
     with pytest.raises(FloatingPointError, match="became inf at step 1"):
         fit(model, gaussian_data(), steps=50, batch_size=64, lr=1e6, progress=False, log_every=5)
 
@@ -70,7 +70,7 @@ def test_early_stopping_restores_best():
     """Train data around 0, validation data around 1.5, start at 3: the validation loss improves while loc
     passes 1.5, then worsens; early stopping must stop and restore the best parameters."""
     train_x, val_x = gaussian_data(mean=0.0, seed=1), gaussian_data(mean=1.5, seed=2)
-    model = DiagGaussian(torch.full((2,), 3.0), torch.zeros(2))
+    model = DiagGaussian(torch.full((2,), 3.0), torch.zeros(2), trainable=True)
     h = fit(
         model,
         train_x,
@@ -91,7 +91,7 @@ def test_early_stopping_restores_best():
 
 def test_fit_bad_arguments():
     x = gaussian_data()
-    m = DiagGaussian(torch.zeros(2), torch.zeros(2))
+    m = DiagGaussian(torch.zeros(2), torch.zeros(2), trainable=True)
     with pytest.raises(ValueError, match="lr must be positive"):
         fit(m, x, steps=1, lr=-1.0, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
@@ -110,7 +110,7 @@ def test_fit_bad_arguments():
 
 def test_fit_float64():
     x = gaussian_data().double()
-    m = FullGaussian(torch.zeros(2, dtype=torch.float64), cov=torch.eye(2, dtype=torch.float64))
+    m = FullGaussian(torch.zeros(2, dtype=torch.float64), cov=torch.eye(2, dtype=torch.float64), trainable=True)
     h = fit(m, x, steps=20, progress=False)
     assert m.loc.dtype == torch.float64 and len(h["train_loss"]) == 20
 
