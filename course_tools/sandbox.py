@@ -43,7 +43,7 @@ from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, List, Unicode
+from traitlets import Bool, Integer, List, Unicode
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,6 +110,13 @@ class SandboxKernelManager(AsyncKernelManager):
         Unicode(),
         [],
         help="more absolute paths to hide (e.g. the exchange, a gradebook file's folder on another disk)",
+    ).tag(config=True)
+    memory_limit_mb = Integer(
+        4096,
+        help="address-space limit of a student kernel in MiB (prlimit --as; torch needs ~1.5 GiB); 0: none",
+    ).tag(config=True)
+    file_size_limit_mb = Integer(
+        512, help="largest file a student kernel may write, in MiB (prlimit --fsize); 0: none"
     ).tag(config=True)
     allow_unsandboxed = Bool(
         False,
@@ -194,7 +201,20 @@ class SandboxKernelManager(AsyncKernelManager):
         cmd += ["--clearenv"]
         for k, v in env.items():
             cmd += ["--setenv", k, v]
-        return cmd + ["--"] + list(kernel_cmd)
+        return self._limits() + cmd + ["--"] + list(kernel_cmd)
+
+    def _limits(self) -> list[str]:
+        """``prlimit`` in front of ``bwrap``: a memory bomb gets a MemoryError in its own cell and a disk
+        filler an error, instead of taking the grading machine (and the rest of the batch) down."""
+        exe = shutil.which("prlimit")
+        if exe is None or not (self.memory_limit_mb or self.file_size_limit_mb):
+            return []
+        out = [exe]
+        if self.memory_limit_mb:
+            out.append(f"--as={self.memory_limit_mb * 2**20}")
+        if self.file_size_limit_mb:
+            out.append(f"--fsize={self.file_size_limit_mb * 2**20}")
+        return out + ["--"]
 
     # -- launching -----------------------------------------------------------------------------------
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: t.Any) -> None:

@@ -325,6 +325,8 @@ def hostile_cases(
         assignment, nb_name, {first: sol[first] + "\nfor _i in range(200_000):\n    print('flood', _i)\n"}
     )
     exits = solved(assignment, nb_name, {last: "import os\nos._exit(1)\n" + sol[last]})
+    # asks for 64 GiB: the kernel's address-space limit turns it into a MemoryError in this cell only
+    bomb = solved(assignment, nb_name, {first: "_hog = bytearray(64 * 2**30)\n" + sol[first]})
     good_text = json.dumps(solved(assignment, nb_name), indent=1)
     return [
         Case(
@@ -356,6 +358,12 @@ def hostile_cases(
             {nb_name: exits},
             total - lay.points(last),
             "kernel died",
+        ),
+        Case(
+            "memory",
+            "allocates 64 GiB in the first answer",
+            {nb_name: bomb},
+            total - lay.points(first),
         ),
         Case(
             "sigint",
