@@ -8,7 +8,7 @@ BIN   := .venv/bin
 ENV_STAMP := .venv/.setup-stamp
 
 .PHONY: help env system book book-strict test test-unit test-notebooks test-book test-grading lint \
-        refresh refresh-one student-versions lock bench bench-grading clean
+        refresh student-versions lock bench bench-grading release collect autograde feedback grades clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 18
@@ -42,6 +42,22 @@ bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see 
 
 bench-grading: system  ## autograde 50 generated submissions and time it
 	$(PY) benchmarks/autograde.py
+
+# Instructors (see instructors.md): A=<assignment> (default: all), S=<student> (default: all)
+release: env     ## release assignment A to the exchange
+	$(PY) -m course_tools release $(A)
+
+collect: env     ## collect submissions of assignment A from the exchange
+	$(PY) -m course_tools collect $(A)
+
+autograde: system  ## autograde assignment A (or all) for student S (or all), sandboxed
+	$(PY) -m course_tools autograde $(or $(A),all) $(if $(S),--student $(S))
+
+feedback: env    ## generate and release feedback for assignment A (hidden tests stay hidden)
+	$(PY) -m course_tools feedback $(A) $(if $(S),--student $(S))
+
+grades: env      ## export all grades to $$COURSE_DIR/grades.csv
+	$(PY) -m course_tools export
 
 clean:           ## remove build outputs (keeps the environments)
 	rm -rf _build artifacts
