@@ -1,7 +1,8 @@
 """Instructor commands: thin wrappers around nbgrader, one command per step of the term.
 
     python -m course_tools generate  [ASSIGNMENT ...]           solutions/ -> assignments/ (student versions)
-    python -m course_tools release   ASSIGNMENT                 put the student version in the exchange
+    python -m course_tools release   ASSIGNMENT                 put the student version in the exchange (and
+                                                                register it in the gradebook if needed)
     python -m course_tools collect   ASSIGNMENT [--student S]   fetch submissions from the exchange
     python -m course_tools autograde [ASSIGNMENT|all] [--student S]
     python -m course_tools feedback  ASSIGNMENT [--student S]   generate + release feedback
@@ -73,6 +74,45 @@ def cmd_generate(assignments: list[str], release_dir: str | None = None) -> None
         print(f"generated {os.path.join(release_dir or 'assignments', a)}")
 
 
+def ensure_registered(assignment: str) -> bool:
+    """Make sure the gradebook knows the assignment and its graded cells; True if it had to be added.
+
+    ``nbgrader release_assignment`` and ``collect`` do not register an assignment and ``autograde`` fails
+    without it ("No assignment with ID ... exists in the database"): a fresh ``$COURSE_DIR`` (a new term, the
+    hub's grading folder) has an empty gradebook while ``assignments/`` is committed, so ``generate`` need not
+    have been run there.  Registering = ``generate_assignment`` into a throwaway folder (``assignments/`` is
+    left alone; the drift test keeps it identical to what nbgrader generates).
+    """
+    import tempfile
+
+    from nbgrader.api import Gradebook, MissingEntry
+
+    os.makedirs(work_dir(), exist_ok=True)
+    # a new gradebook runs `alembic` from PATH, in this process: this interpreter's bin/ first
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    with Gradebook(db_url(), course_id()) as gb:
+        try:
+            if gb.find_assignment(assignment).notebooks:
+                return False
+        except MissingEntry:
+            pass
+    with tempfile.TemporaryDirectory(prefix="course-register-") as tmp:
+        nbgrader(
+            "generate_assignment", assignment, "--force", f"--CourseDirectory.release_directory={tmp}", quiet=True
+        )
+    print(f"{assignment}: registered in the gradebook ({db_url()})")
+    return True
+
+
+def cmd_release(assignment: str) -> None:
+    ensure_registered(assignment)
+    nbgrader("release_assignment", assignment, "--force", quiet=True)
+    exchange = os.environ.get("NBGRADER_EXCHANGE") or os.path.join(work_dir(), "exchange")
+    print(f"released assignments/{assignment} to {os.path.join(exchange, course_id(), 'outbound', assignment)}")
+
+
 # ------------------------------------------------------------------------------------------------ autograde
 @dataclass
 class Problem:
@@ -88,6 +128,10 @@ class Preflight:
     broken: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names with bad JSON
     refused: list[str] = field(default_factory=list)  # not graded at all (symlinks)
     missing: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names not submitted
+
+
+# written by nbgrader itself (submit/collect), not by the student
+NBGRADER_FILES = {"timestamp.txt", "submission_secret.txt"}
 
 
 def notebooks_of(assignment: str) -> list[str]:
@@ -138,7 +182,8 @@ def preflight(assignment: str, student: str | None) -> Preflight:
                     )
                 )
         extra = sorted(
-            set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)} - {"timestamp.txt"}
+            set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)}
+            - NBGRADER_FILES
         )
         if extra:
             pf.problems.append(
@@ -212,6 +257,8 @@ def cmd_autograde_parallel(assignment: str, jobs: int, force: bool) -> int:
             "--jobs > 1 needs a server gradebook (NBGRADER_DB_URL=postgresql://...): SQLite allows "
             "one writer at a time and concurrent nbgrader runs fail with 'database is locked'"
         )
+    for a in source_assignments() if assignment in (None, "all") else [assignment]:
+        ensure_registered(a)  # once, before the shards start
     base = [sys.executable, "-m", "course_tools", "autograde", assignment] + ([] if force else ["--no-force"])
     procs = [
         subprocess.Popen(base + ["--shard", f"{i}/{jobs}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -241,6 +288,7 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True, shar
         if not pf.students:
             print(f"{a}: no submissions in {os.path.join(work_dir(), 'submitted')}")
             continue
+        ensure_registered(a)
         args = ["autograde", a] + (["--force"] if force else [])
         if student:
             args += ["--student", student]
@@ -277,7 +325,10 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True, shar
             for p in notes:
                 print(f"      {p.level}: {p.message}")
             if s in failed and s not in pf.broken and s not in pf.missing:
-                print("      ERROR: nbgrader could not process this submission; see grading/autograde.log")
+                print(
+                    "      ERROR: nbgrader could not process this submission; see "
+                    + os.path.join(work_dir(), "autograde.log")
+                )
             if s in table:
                 for msg in cell_problems(a, s):
                     print(f"      NOTE: {msg}")
@@ -320,7 +371,29 @@ def cmd_collect(assignment: str, student: str | None) -> int:
             print(f"  {link} -> {os.readlink(link)}")
         print("Remove these links (they are not the student's files) and collect again.")
         return 1
-    nbgrader("collect", assignment, *(["--student", student] if student else []), "--update")
+    res = nbgrader("collect", assignment, *(["--student", student] if student else []), "--update", quiet=True)
+    # nbgrader reports on stderr (its log); show the instructor one line per student
+    log = res.stderr.splitlines()
+    n = 0
+    for line in log:
+        for key, verb in (
+            ("Collecting submission: ", "collected"),
+            ("Updating submission: ", "collected (newer submission)"),
+            ("No newer submission to collect: ", "unchanged (no newer submission)"),
+        ):
+            if key in line:
+                s, a = line.split(key, 1)[1].split()[:2]
+                print(f"{verb:32s} {s}/{a}")
+                n += 1
+    if n == 0:
+        print(f"no submissions of {assignment} in {inbound}")
+    for line in log:
+        if " claims to be submitted by " in line and " but is owned by " in line:
+            claimed, owner = line.split(" claims to be submitted by ", 1)[1].split(" but is owned by ", 1)
+            print(
+                f"  NOTE: {claimed}'s submission belongs to the Unix user {owner.split(';')[0]} (normal when "
+                "every student server runs as one user, e.g. jovyan; see instructors.md, 'Students')"
+            )
     return 0
 
 
@@ -371,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.cmd == "generate":
         cmd_generate(ns.assignments, ns.release_dir)
     elif ns.cmd == "release":
-        nbgrader("release_assignment", ns.assignment, "--force")
+        cmd_release(ns.assignment)
     elif ns.cmd == "collect":
         return cmd_collect(ns.assignment, ns.student)
     elif ns.cmd == "autograde":
