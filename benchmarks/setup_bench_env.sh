@@ -22,6 +22,8 @@ PIP=("$VENV/bin/pip" install --disable-pip-version-check -q)
 # 4. check that every peer imports with what is installed and that torch is still the locked one.
 "$VENV/bin/python" - <<'PY'
 import torch, normflows, nflows, zuko, flowlib  # noqa: F401
+import nflows.flows, nflows.transforms, nflows.nn.nets, zuko.flows  # noqa: F401  (nflows needs matplotlib)
+import flowlib.models, flowlib.preprocess, flowlib.metrics  # noqa: F401
 assert torch.__version__.split("+")[0] == "2.13.0", torch.__version__
 print("bench env ok: torch", torch.__version__, "| normflows", normflows.__version__,
       "| nflows", getattr(nflows, "__version__", "?"), "| zuko", zuko.__version__)
