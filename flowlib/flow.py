@@ -43,7 +43,7 @@ class Flow(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample log-density in nats, shape ``(batch,)``: equation (1)."""
         check_tensor(x, name="x", event_shape=self.event_shape)
-        z, logdet = self.transform(x)
+        z, logdet = self.transform._forward(x)  # validated once, here
         return self.base.log_prob(z) + logdet
 
     def forward(self, x):
@@ -53,14 +53,14 @@ class Flow(nn.Module):
         """Draw ``n`` samples: ``z ~ p_Z``, ``x = f^{-1}(z)``."""
         check_int(n, "n")
         z = self.base.sample(n)
-        x, _ = self.transform.inverse(z)
+        x, _ = self.transform._inverse(z)  # z comes from the base: already well formed
         return x
 
     def sample_with_log_prob(self, n: int):
         """Samples and their log-densities in one pass: ``log p_X(x) = log p_Z(z) - log|det J_{f^{-1}}(z)|``."""
         check_int(n, "n")
         z = self.base.sample(n)
-        x, logdet_inv = self.transform.inverse(z)
+        x, logdet_inv = self.transform._inverse(z)
         return x, self.base.log_prob(z) - logdet_inv
 
     def intermediates(self, x: torch.Tensor, direction: str = "forward") -> list[torch.Tensor]:

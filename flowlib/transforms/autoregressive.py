@@ -125,17 +125,22 @@ class MADE(nn.Module):
 class MAF(Transform):
     """Masked autoregressive flow layer (Papamakarios et al. 2017), affine in each coordinate.
 
-    With ``(mu, alpha) = MADE(x)`` (``mu_i``, ``alpha_i`` depend on ``x_<i`` in the ordering):
+    With ``(t, s) = MADE(x)`` (``t_i``, ``s_i`` depend on ``x_<i`` in the ordering):
 
-    * map (normalizing, ``forward``): ``z_i = (x_i - mu_i(x_<i)) * exp(-alpha_i(x_<i))``, all ``i`` at once;
-    * inverse (generating): ``x_i = z_i * exp(alpha_i(x_<i)) + mu_i(x_<i)``, coordinate by coordinate;
-    * log-det: ``log|det dz/dx| = -sum_i alpha_i`` (the Jacobian is triangular in the ordering);
+    * map (normalizing, ``forward``): ``z_i = x_i * exp(s_i(x_<i)) + t_i(x_<i)``, all ``i`` at once;
+    * inverse (generating): ``x_i = (z_i - t_i(x_<i)) * exp(-s_i(x_<i))``, coordinate by coordinate;
+    * log-det: ``log|det dz/dx| = sum_i s_i`` (the Jacobian is triangular in the ordering, with diagonal
+      ``exp(s_i)``);
     * cost: density is ONE MADE pass (O(1) network evaluations in ``d``); sampling needs ``d`` sequential
       MADE passes (pass ``k`` fixes the ``k``-th coordinate of the ordering).
 
-    Stability: the raw log-scale ``s`` is soft-clamped, ``alpha = B * tanh(s / B)`` with ``B = scale_bound``,
+    The paper writes the same family as ``z_i = (x_i - mu_i) exp(-alpha_i)`` (``s = -alpha``,
+    ``t = -mu exp(-alpha)``): the set of maps is identical, but scale-then-shift needs fewer operations per
+    step and trained to a better likelihood at a fixed budget in ``benchmarks/`` (two moons).
+
+    Stability: the raw log-scale ``r`` is soft-clamped, ``s = B * tanh(r / B)`` with ``B = scale_bound``,
     so each coordinate is scaled by at most ``exp(B)`` (``scale_bound=None``: no clamp). The last MADE layer
-    is initialised to zero, so ``mu = alpha = 0`` and the layer starts as the identity.
+    is initialised to zero, so ``t = s = 0`` and the layer starts as the identity.
     """
 
     def __init__(self, dim: int, hidden=(64, 64), order=None, scale_bound: float | None = 3.0,
@@ -153,21 +158,21 @@ class MAF(Transform):
         return self.made.order
 
     def _shift_logscale(self, h: torch.Tensor):
-        mu, s = self.made(h).unbind(1)
+        t, s = self.made(h).unbind(1)
         if self.scale_bound is not None:
             s = self.scale_bound * torch.tanh(s / self.scale_bound)
-        return mu, s
+        return t, s
 
     def _normalize_one_pass(self, x):
-        mu, alpha = self._shift_logscale(x)
-        return (x - mu) * torch.exp(-alpha), -alpha.sum(dim=1)
+        t, s = self._shift_logscale(x)
+        return x * torch.exp(s) + t, s.sum(dim=1)
 
     def _generate_sequential(self, z):
         x = torch.zeros_like(z)
         for _ in range(self.made.dim):  # after pass k the first k coordinates (in the ordering) are exact
-            mu, alpha = self._shift_logscale(x)
-            x = z * torch.exp(alpha) + mu
-        return x, alpha.sum(dim=1)
+            t, s = self._shift_logscale(x)
+            x = (z - t) * torch.exp(-s)
+        return x, -s.sum(dim=1)
 
     def _forward(self, x):
         return self._normalize_one_pass(x)

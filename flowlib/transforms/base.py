@@ -37,6 +37,9 @@ class Transform(nn.Module):
     """
 
     event_shape: tuple[int, ...] | None = None
+    #: True for layers whose log-det is identically 0 (permutations, squeezes, additive couplings);
+    #: ``Compose`` then skips their log-det bookkeeping.
+    volume_preserving: bool = False
 
     def _check(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return check_tensor(x, name=name, event_shape=self.event_shape)
@@ -105,13 +108,16 @@ class Compose(Transform):
 
     @staticmethod
     def _run(h, layers, method, return_intermediates):
-        logdet = h.new_zeros(h.shape[0])
+        logdet = None
         hs = [h]
         for t in layers:
             h, ld = getattr(t, method)(h)
-            logdet = logdet + ld
+            if not t.volume_preserving:
+                logdet = ld if logdet is None else logdet + ld
             if return_intermediates:
                 hs.append(h)
+        if logdet is None:
+            logdet = h.new_zeros(h.shape[0])
         return (h, logdet, hs) if return_intermediates else (h, logdet)
 
 

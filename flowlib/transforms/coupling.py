@@ -260,6 +260,8 @@ class AdditiveCoupling(_Coupling):
         default ``MLP`` (vectors) or ``ConvNet`` (images), whose last layer starts at zero (identity).
     """
 
+    volume_preserving = True
+
     num_params = 1
 
     def _params(self, chunks):

@@ -34,6 +34,8 @@ class Permutation(Transform):
     dim : the axis to permute, ``>= 1`` (axis 0 is the batch).
     """
 
+    volume_preserving = True
+
     def __init__(self, num_features: int, perm=None, seed: int | None = None, dim: int = 1):
         super().__init__()
         self.num_features = check_int(num_features, "num_features")

@@ -21,6 +21,8 @@ class Squeeze(Transform):
     neighbouring pixels. ``H`` and ``W`` must be divisible by ``factor``.
     """
 
+    volume_preserving = True
+
     def __init__(self, factor: int = 2):
         super().__init__()
         self.factor = check_int(factor, "factor")
