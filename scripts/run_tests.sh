@@ -6,7 +6,7 @@
 # Extra arguments go to pytest (e.g. `scripts/run_tests.sh -k coupling`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONHASHSEED=0 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYDEVD_DISABLE_FILE_VALIDATION=1
+export PYTHONHASHSEED=0 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYDEVD_DISABLE_FILE_VALIDATION=1
 start=$(date +%s)
 stage() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 
