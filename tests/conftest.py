@@ -1,10 +1,11 @@
-"""Shared test settings: a non-interactive matplotlib backend and deterministic torch defaults."""
+"""Shared test settings: a non-interactive matplotlib backend and deterministic torch defaults.
 
-import os
+The backend is chosen with ``matplotlib.use`` only, never through ``MPLBACKEND`` in the environment: the
+notebook kernels that nbval starts inherit the environment, and with Agg forced they would lose the inline
+figure outputs that the committed notebooks contain.
+"""
 
-os.environ.setdefault("MPLBACKEND", "Agg")
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 
