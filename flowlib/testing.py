@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["jacobian_logdet", "per_sample_jacobian", "check_transform"]
+__all__ = ["jacobian_logdet", "per_sample_jacobian", "check_transform", "perturb_parameters"]
 
 
 def per_sample_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
@@ -85,3 +85,16 @@ def check_transform(
                 f"log-det differs from slogdet of the autograd Jacobian by {out['jacobian']:.3e}"
             )
     return out
+
+
+def perturb_parameters(module, scale: float = 0.3, seed: int = 0):
+    """Add ``scale * N(0, 1)`` noise (seeded) to every parameter of ``module``, in place; returns it.
+
+    Many layers start as the identity (zero last layer), where a wrong log-det can still come out right;
+    checks are only meaningful on *random* parameters, so tests perturb them first.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+    return module

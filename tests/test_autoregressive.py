@@ -1,25 +1,20 @@
 """MADE / MAF / IAF: autoregressive masks, exact inverses, log-dets against autograd, costs, API errors."""
 
+import functools
 import io
 
 import pytest
 import torch
 
 from flowlib import Flow
-from flowlib.testing import check_transform, per_sample_jacobian
+from flowlib.testing import check_transform, per_sample_jacobian, perturb_parameters
 from flowlib.transforms.autoregressive import IAF, MADE, MAF, MaskedLinear, iaf, maf
 
 D = 5
 ORDERS = [None, "reverse", "random", torch.tensor([2, 0, 4, 1, 3])]
 
 
-def perturb(module, scale=0.3, seed=0):
-    """Move every parameter away from its initialisation (which may be the identity)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return module
+perturb = functools.partial(perturb_parameters, scale=0.3)  # random weights, away from the init
 
 
 def data(n=6, d=D, seed=1, dtype=torch.float64):

@@ -5,25 +5,17 @@ import torch
 
 import flowlib
 from flowlib.distributions import StandardNormal
-from flowlib.testing import jacobian_logdet
+from flowlib.testing import jacobian_logdet, perturb_parameters
 from flowlib.transforms import Compose
 from flowlib.transforms.coupling import AdditiveCoupling, AffineCoupling, half_mask
 from flowlib.transforms.permutation import Permutation, Reverse
 from flowlib.transforms.reshape import Squeeze
 
-
-def _perturb(t, std=0.3):
-    with torch.no_grad():
-        for p in t.parameters():
-            p.normal_(0, std)
-    return t
-
-
 VOLUME_PRESERVING = [
     ("permutation", lambda: Permutation(5, seed=1), (5,)),
     ("reverse", lambda: Reverse(5), (5,)),
     ("squeeze", lambda: Squeeze(2), (2, 4, 4)),
-    ("additive", lambda: _perturb(AdditiveCoupling(half_mask(5), (16,))), (5,)),
+    ("additive", lambda: perturb_parameters(AdditiveCoupling(half_mask(5), (16,))), (5,)),
 ]
 
 
@@ -42,7 +34,7 @@ def test_affine_coupling_is_not_flagged():
 
 def test_compose_skips_only_volume_preserving_logdets():
     torch.manual_seed(0)
-    layers = [_perturb(AffineCoupling(half_mask(4, first=k % 2 == 0), (8,))).double() for k in range(2)]
+    layers = [perturb_parameters(AffineCoupling(half_mask(4, first=k % 2 == 0), (8,))).double() for k in range(2)]
     c = Compose(layers[0], Reverse(4), layers[1])
     x = torch.randn(6, 4, dtype=torch.float64)
     z, ld = c(x)
@@ -70,7 +62,7 @@ def test_flow_validates_input_once_with_a_clear_message():
 
 def test_flow_log_prob_matches_change_of_variables_and_samples_agree():
     torch.manual_seed(1)
-    t = Compose(*[_perturb(AffineCoupling(half_mask(3, first=k % 2 == 0), (8,))) for k in range(3)]).double()
+    t = Compose(*[perturb_parameters(AffineCoupling(half_mask(3, first=k % 2 == 0), (8,))) for k in range(3)]).double()
     flow = flowlib.Flow(t, StandardNormal((3,))).double()
     x = torch.randn(4, 3, dtype=torch.float64)
     z, _ = t(x)

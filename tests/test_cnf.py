@@ -1,23 +1,18 @@
 """Continuous normalizing flow: ODE round trip, instantaneous change of variables vs autograd, Hutchinson."""
 
+import functools
 import io
 
 import pytest
 import torch
 
-from flowlib.testing import check_transform
+from flowlib.testing import check_transform, perturb_parameters
 from flowlib.transforms.cnf import CNF
 
 HID = (16,)
 
 
-def perturb(module, scale=0.7, seed=0):
-    """Random weights (the last layer starts at zero, i.e. the identity map)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return module
+perturb = functools.partial(perturb_parameters, scale=0.7)  # random weights, away from the init
 
 
 def data(n=3, d=2, seed=1, dtype=torch.float64):

@@ -14,14 +14,6 @@ D64 = torch.float64
 EXACT = ["two_moons", "eight_gaussians", "checkerboard", "rings"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def midpoint_grid(bounds, h):
     (x0, x1), (y0, y1) = bounds
     xs = torch.arange(x0 + h / 2, x1, h, dtype=D64)

@@ -22,15 +22,6 @@ from flowlib.distributions import (
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread is as fast, and it avoids oversubscribing shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grid_integral_1d(log_prob, lo=-12.0, hi=12.0, n=20001):
     x = torch.linspace(lo, hi, n, dtype=D64)[:, None]
     with torch.no_grad():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from flowlib.testing import check_transform, per_sample_jacobian
+from flowlib.testing import check_transform, per_sample_jacobian, perturb_parameters
 from flowlib.transforms.iresnet import IResBlock
 
 D = 3
@@ -17,10 +17,7 @@ def perturb(block, scale=0.5, seed=0):
     """Random weights, then re-converge the power-iteration vectors (in the block's final dtype: in
     training mode with autograd on, every call refines them, so unconverged vectors would make
     successive calls use slightly different weights)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    perturb_parameters(block, scale, seed)
     block.power_iterate(100)
     return block
 

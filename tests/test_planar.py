@@ -1,5 +1,6 @@
 """Planar, radial and Sylvester flows: invertibility constraints, numerical inverses, log-dets vs autograd."""
 
+import functools
 import io
 
 import pytest
@@ -7,18 +8,13 @@ import torch
 
 from flowlib import Compose, Flow, InverseTransform, NoAnalyticInverse
 from flowlib.distributions import StandardNormal
-from flowlib.testing import check_transform, jacobian_logdet
+from flowlib.testing import check_transform, jacobian_logdet, perturb_parameters
 from flowlib.transforms.planar import Planar, Radial, Sylvester
 
 D = 4
 
 
-def perturb(module, scale=1.0, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return module
+perturb = functools.partial(perturb_parameters, scale=1.0)  # random weights, away from the init
 
 
 def data(n=8, d=D, seed=1, dtype=torch.float64):

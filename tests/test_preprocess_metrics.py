@@ -14,14 +14,6 @@ from flowlib.testing import check_transform
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------------------------------
 # Logit
 # --------------------------------------------------------------------------------------------------

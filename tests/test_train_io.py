@@ -8,14 +8,6 @@ from flowlib.io import load_checkpoint, save_checkpoint
 from flowlib.train import evaluate, fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussian_data(n=2000, mean=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 2, generator=g) * 0.5 + mean
