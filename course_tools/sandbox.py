@@ -61,6 +61,8 @@ DEFAULT_HIDE = [
     "/dev/shm",
 ]
 DEFAULT_EXPOSE = [".venv", "flowlib", "course_tools", "assignments", "data", "pyproject.toml"]
+# Read-only root, fresh /dev and /proc, every namespace unshared (no network), no capabilities.
+BASE_ARGS = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--cap-drop", "ALL"]
 
 
 def bwrap_available(bwrap: str = "bwrap") -> bool:
@@ -69,24 +71,7 @@ def bwrap_available(bwrap: str = "bwrap") -> bool:
     if not exe:
         return False
     try:
-        res = subprocess.run(
-            [
-                exe,
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-                "--unshare-all",
-                "--cap-drop",
-                "ALL",
-                "true",
-            ],
-            capture_output=True,
-            timeout=20,
-        )
+        res = subprocess.run([exe, *BASE_ARGS, "true"], capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return res.returncode == 0
@@ -150,22 +135,7 @@ class SandboxKernelManager(AsyncKernelManager):
     def sandbox_command(self, kernel_cmd: list[str], cwd: str) -> list[str]:
         exe = shutil.which(self.bwrap) or self.bwrap
         repo = os.path.realpath(self.repo_root)
-        cmd = [
-            exe,
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--unshare-all",
-            "--die-with-parent",
-            "--cap-drop",
-            "ALL",
-            "--hostname",
-            "grader",
-        ]
+        cmd = [exe, *BASE_ARGS, "--die-with-parent", "--hostname", "grader"]
         for p in self._hidden_paths():
             cmd += ["--tmpfs", p]
         cmd += ["--tmpfs", repo]

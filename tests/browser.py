@@ -139,26 +139,17 @@ class Browser:
         """Navigate and wait for the load event, then ``settle`` seconds for scripts."""
         self._loaded = False
         self.call("Page.navigate", url=url)
-        deadline = time.time() + self.timeout
-        self._ws.settimeout(0.5)
-        try:
-            while not self._loaded and time.time() < deadline:
-                try:
-                    self._handle_event(json.loads(self._ws.recv()))
-                except websocket.WebSocketTimeoutException:
-                    pass
-        finally:
-            self._ws.settimeout(self.timeout)
+        self.pump(self.timeout, until=lambda: self._loaded)
         if not self._loaded:
             raise TimeoutError(f"page did not load: {url}")
         self.pump(settle)
 
-    def pump(self, seconds: float):
-        """Process events (network requests) for ``seconds``."""
+    def pump(self, seconds: float, until=None):
+        """Process events (network requests, load) for ``seconds``, or until ``until()`` is true."""
         end = time.time() + seconds
         self._ws.settimeout(0.1)
         try:
-            while time.time() < end:
+            while time.time() < end and not (until and until()):
                 try:
                     self._handle_event(json.loads(self._ws.recv()))
                 except websocket.WebSocketTimeoutException:
