@@ -99,6 +99,15 @@ def sequential(work: str, assignment: str) -> tuple[float, list[dict]]:
     return wall, rows, first_start
 
 
+def register(work: str, assignment: str, env: dict) -> None:
+    """Generate the assignment into a scratch folder: this registers it in the work dir's gradebook."""
+    release = os.path.join(work, "release_check")
+    subprocess.run(
+        [sys.executable, "-m", "course_tools", "generate", assignment, "--release-dir", release],
+        cwd=REPO, env=env, check=True, capture_output=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50)
@@ -107,21 +116,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-grading-")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "course_tools",
-            "generate",
-            args.assignment,
-            "--release-dir",
-            os.path.join(work, "release_check"),
-        ],
-        cwd=REPO,
-        env=env_for(work),
-        check=True,
-        capture_output=True,
-    )
+    register(work, args.assignment, env_for(work))
     make_submissions(work, args.assignment, args.n)
 
     wall, rows, startup = sequential(work, args.assignment)
@@ -147,21 +142,7 @@ def main() -> None:
         pg = H.PostgresServer().start()
         try:
             pwork = tempfile.mkdtemp(prefix="bench-grading-pg-")
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "course_tools",
-                    "generate",
-                    args.assignment,
-                    "--release-dir",
-                    os.path.join(pwork, "release_check"),
-                ],
-                cwd=REPO,
-                env=env_for(pwork, pg.url),
-                check=True,
-                capture_output=True,
-            )
+            register(pwork, args.assignment, env_for(pwork, pg.url))
             make_submissions(pwork, args.assignment, args.n)
             for jobs in (1, 2):
                 t0 = time.perf_counter()
