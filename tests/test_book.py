@@ -156,7 +156,7 @@ def test_every_page_fits_the_column_and_every_image_is_described(site):
     assert not problems, "layout problems on the built pages:\n" + "\n".join(problems[:40])
 
 
-@pytest.mark.parametrize("query", ["Jacobian", "entropy", "Cholesky", "covariance"])
+@pytest.mark.parametrize("query", ["Jacobian", "entropy", "Cholesky", "Bayes", "mutual information"])
 def test_search_snippets_show_the_query_word(site, query):
     base, browser = site
     browser.goto(f"{base}/search.html?q={query}", settle=0.5)
