@@ -4,7 +4,7 @@
     .venv/bin/python scripts/train_ch05_toy_flows.py two_moons  # one of them
 
 Writes ``chapters/05_normalizing_flows/checkpoints/toy_<name>.pt`` (a ``flowlib.save_checkpoint`` file, float32,
-about 100 kB each) that the lecture notebook loads; without a checkpoint the notebook trains the same model
+about 125 kB each) that the lecture notebook loads; without a checkpoint the notebook trains the same model
 briefly instead. Everything is seeded, so a rerun on the same machine gives the same weights.
 """
 
