@@ -43,12 +43,12 @@ SETTINGS = {
     "n_val": 2000,
     "n_test": 10000,
     "seeds": {"train": 0, "val": 1, "test": 2, "init": 0, "batches": 0, "sampling": 3},
-    "steps": 2000,
+    "steps": 1000,
     "batch_size": 256,
     "lr": 2e-3,
     "lr_schedule": "cosine",
     "n_samples_timed": 10000,
-    "cnf_tolerance_train": 1e-4,
+    "cnf_tolerance_train": 1e-3,
     "cnf_tolerance_eval": 1e-5,
     "threads": 1,
 }
@@ -97,7 +97,7 @@ def train_one(name: str, model: Flow, train, val, steps: int) -> dict:
         return loss
 
     hist = fit(model, train, val_data=val, loss_fn=loss_fn, steps=steps, batch_size=SETTINGS["batch_size"],
-               lr=SETTINGS["lr"], lr_schedule=SETTINGS["lr_schedule"], eval_every=max(1, steps // 10),
+               lr=SETTINGS["lr"], lr_schedule=SETTINGS["lr_schedule"], eval_every=max(1, steps // 5),
                seed=SETTINGS["seeds"]["batches"], progress=False)
     return {"history": hist, "nfe": nfe}
 
