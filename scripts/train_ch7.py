@@ -102,13 +102,20 @@ def train_one(name: str, model: Flow, train, val, steps: int) -> dict:
     return {"history": hist, "nfe": nfe}
 
 
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
-def sampling_time(model: Flow, n: int) -> float:
+def sampling_time(model: Flow, n: int, device="cpu") -> float:
     model.eval()
     gen = torch.Generator().manual_seed(SETTINGS["seeds"]["sampling"])
-    z = model.base.sample(n, generator=gen)
+    z = torch.randn(n, 2, generator=gen).to(device)  # the base is a standard normal
+    _sync(device)
     start = time.perf_counter()
     x, _ = model.transform.inverse(z)
+    _sync(device)
     elapsed = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise FloatingPointError("non-finite samples")
@@ -119,12 +126,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps only (checks that it runs)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--device", default="cpu", help="where to train and time (default cpu, one thread)")
     args = parser.parse_args(argv)
     torch.set_num_threads(SETTINGS["threads"])
+    device = torch.device(args.device)
     steps = 20 if args.quick else SETTINGS["steps"]
-    train, val, test = datasets()
-    exact = -float(two_moons_log_prob(test.double()).mean())
-    models = build_models()
+    train, val, test = (t.to(device) for t in datasets())
+    exact = -float(two_moons_log_prob(test.double().cpu()).mean())
+    models = {name: m.to(device) for name, m in build_models().items()}
     rows, curves = [], {}
     for name in NAMES:
         model = models[name]
@@ -132,13 +141,13 @@ def main(argv=None) -> int:
         hist = out["history"]
         path = save_checkpoint(model, args.out / f"{name}.pt", steps=steps, data=SETTINGS["data"])
         # evaluate a reloaded copy, so the numbers are those of the committed files
-        fresh = build_models(tol=SETTINGS["cnf_tolerance_eval"])[name]
+        fresh = build_models(tol=SETTINGS["cnf_tolerance_eval"])[name].to(device)
         load_checkpoint(fresh, path)
         if name == "cnf":
             fresh.transform.odefunc.nfe = 0
         test_nll = evaluate(fresh, test, batch_size=2500)
         eval_nfe = fresh.transform.odefunc.nfe / math.ceil(len(test) / 2500) if name == "cnf" else None
-        t_sample = sampling_time(fresh, SETTINGS["n_samples_timed"])
+        t_sample = sampling_time(fresh, SETTINGS["n_samples_timed"], device)
         rows.append({
             "name": name,
             "label": LABELS[name],
@@ -162,7 +171,8 @@ def main(argv=None) -> int:
         "curves": curves,
         "settings": {**SETTINGS, "steps": steps, "quick": args.quick},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "processor": platform.machine()},
+                    "processor": platform.machine(), "device": str(device),
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
     }
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"exact test NLL {exact:.4f}; wrote {args.out / 'comparison.json'}")
