@@ -454,6 +454,28 @@ DESIGNED_PARTIALS = {
         },
         8.0,
     ),
+    "ch07_residual_continuous": (
+        {
+            # planar log-det without the absolute value: q1_map (1) passes, q1_logdet (2) gets nan on det < 0
+            "q1_answer": "def planar_forward(x, w, u, b):\n"
+            "    t = torch.tanh(x @ w + b)\n"
+            "    return x + t[:, None] * u, torch.log(1 + (1 - t**2) * (u @ w))\n",
+            # standard error divided by n instead of sqrt(n): q3_estimate (2) passes, q3_stderr (1) fails
+            "q3_answer": "def hutchinson_trace(A, n, generator):\n"
+            "    eps = torch.randint(0, 2, (n, A.shape[0]), generator=generator).to(A.dtype) * 2 - 1\n"
+            "    v = ((eps @ A) * eps).sum(1)\n"
+            "    return v.mean(), v.std() / n\n",
+            # power series without the alternating sign: both q5 cells (3) fail; q2, q4, q6, q7 right (8)
+            "q5_answer": "def series_logdet(J, n_terms):\n"
+            "    total = torch.zeros(J.shape[0], dtype=J.dtype)\n"
+            "    Jk = torch.eye(J.shape[1], dtype=J.dtype).expand_as(J)\n"
+            "    for k in range(1, n_terms + 1):\n"
+            "        Jk = Jk @ J\n"
+            "        total = total + Jk.diagonal(dim1=1, dim2=2).sum(-1) / k\n"
+            "    return total\n",
+        },
+        11.0,
+    ),
 }
 
 
