@@ -179,7 +179,8 @@ DIGITS_MODELS = {
 
 
 def build_digits_model(name: str, seed: int = 0) -> Flow:
-    """One of the chapter's models (``"NICE"``, ``"RealNVP"``, ``"Glow"``), initialised with ``torch.manual_seed(seed)``."""
+    """One of the chapter's models (``"NICE"``, ``"RealNVP"``, ``"Glow"``), initialised under
+    ``torch.manual_seed(seed)``."""
     if name not in DIGITS_MODELS:
         raise ValueError(f"name must be one of {sorted(DIGITS_MODELS)}, got {name!r}")
     spec = DIGITS_MODELS[name]

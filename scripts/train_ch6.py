@@ -6,8 +6,9 @@
 Protocol (the same as ``benchmarks/flows.py``, so the numbers compare with benchmarks/RESULTS.md):
 ``flowlib.data.digits(seed=0)`` train/val/test split (1258/270/269), 17 levels dequantised
 ``y = (x + u) / 17``, ``Logit(alpha=0.05)`` as the models' first layer, bits/dim with the ``log 17`` offset.
-Validation: 4 fixed noise draws per image; test: 8. ``flowlib.fit`` (Adam, cosine learning-rate decay) with early stopping
-(patience 10 evaluations, one every 50 steps), best parameters restored. CPU, one thread, everything seeded.
+Validation: 4 fixed noise draws per image; test: 8. ``flowlib.fit`` (Adam, cosine learning-rate decay) with
+early stopping (patience 10 evaluations, one every 50 steps), best parameters restored.
+CPU, one thread, everything seeded.
 
 Writes to ``--out`` (default ``chapters/06_image_flows/checkpoints/``): ``<model>.pt`` (``flowlib.save_checkpoint``:
 ``state_dict`` plus the figures as metadata) and ``results.json`` (the table of lecture 3).
@@ -90,7 +91,8 @@ def main(argv=None) -> int:
             "config": {k: (v if k != "builder" else v.__name__) for k, v in DIGITS_MODELS[name].items()},
             "seed": args.seed,
         }
-        row["config"]["kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in row["config"]["kwargs"].items()}
+        kwargs = row["config"]["kwargs"]
+        row["config"]["kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
         save_checkpoint(model, args.out / f"{name.lower()}.pt", test_bpd=row["test_bpd"], best_step=hist["best_step"])
         results[name] = row
         print(f"{name}: test {test_bpd:.4f} bits/dim (val {val_bpd:.4f}), {row['params']} parameters, "
