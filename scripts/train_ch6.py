@@ -1,6 +1,7 @@
 """Train chapter 6's three image flows (NICE, RealNVP, Glow) on the 8x8 digits and write the comparison table.
 
-    nice -n 10 .venv/bin/python scripts/train_ch6.py            # all three (about 10-15 min on a busy 2-core CPU)
+    nice -n 10 .venv/bin/python scripts/train_ch6.py     # all three (or: make train-ch06)
+    # 36 min measured on a heavily shared 2-core CPU (load average 10-18); much less on an idle machine
     .venv/bin/python scripts/train_ch6.py --models NICE --steps 200 --out /tmp/ch6   # a quick try
 
 Protocol (the same as ``benchmarks/flows.py``, so the numbers compare with benchmarks/RESULTS.md):
