@@ -476,6 +476,21 @@ DESIGNED_PARTIALS = {
         },
         11.0,
     ),
+    "ch06_image_flows": (
+        {
+            # sums s over every entry, copied ones too: passes q3_map (1), fails q3_logdet (2)
+            "q3_answer": "def affine_coupling(x, mask, conditioner):\n"
+            "    m = mask.to(x.dtype)\n"
+            "    s, t = conditioner(m * x)\n"
+            "    return m * x + (1 - m) * (x * torch.exp(s) + t), s.sum(dim=1)\n",
+            # forgets the factor h w in the log-det: passes q4_output (1), fails q4_logdet (2)
+            "q4_answer": "def actnorm_init(x):\n"
+            "    mean = x.mean(dim=(0, 2, 3), keepdim=True)\n"
+            "    std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)\n"
+            "    return (x - mean) / std, (-torch.log(std).sum()).expand(x.shape[0]).clone()\n",
+        },
+        11.0,
+    ),
 }
 
 
