@@ -145,11 +145,18 @@ def _q5_rademacher(ns):
     )
 
 
-@visible("ch03.q5.gaussian", "Q5 Gaussian variance of the identity I_3 is 2 x 3 = 6")
+@visible("ch03.q5.gaussian", "Q5 Gaussian variance: 2 x 3 = 6 for I_3, and 2 ||S||_F^2 = 8 for [[1, 2], [0, 1]]")
 def _q5_gaussian(ns):
     f = need(ns, "hutchinson_variance")
     v = _tensor(f(torch.eye(3, dtype=F64), "gaussian"), "hutchinson_variance(I, 'gaussian')").item()
     expect(_close(v, 6.0), f"for A = I_3, v^T v is chi-squared with 3 degrees of freedom: variance 6, got {v}")
+    A = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=F64)
+    v2 = f(A, "gaussian").item()
+    expect(
+        _close(v2, 8.0),
+        f"S = (A + A^T) / 2 = [[1, 1], [1, 1]], so the variance is 2 ||S||_F^2 = 8; got {v2} "
+        "(did you use A instead of its symmetric part? that gives 2 ||A||_F^2 = 12)",
+    )
 
 
 # ---------------------------------------------------------------- Q6 gradient of the Gaussian NLL
