@@ -82,7 +82,7 @@ def _q2_basic(ns):
     )
 
 
-@visible("ch02.q2.batch", "Q2 a batch of shape (2, 3, 5, 2): one mean (2, 3, 2) and covariance (2, 3, 2, 2) per data set")
+@visible("ch02.q2.batch", "Q2 a batch (2, 3, 5, 2): one mean (2, 3, 2) and covariance (2, 3, 2, 2) per data set")
 def _q2_batch(ns):
     f = need(ns, "gaussian_mle")
     x = torch.randn(2, 3, 5, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -187,7 +187,7 @@ def _kde_nll(train, val, h):
     return -log_p.mean().item()
 
 
-@visible("ch02.q5.nll", "Q5 validation NLLs of a KDE on 1-d data for h in [0.1, 1.0]; one training point gives a Gaussian")
+@visible("ch02.q5.nll", "Q5 validation NLLs of a 1-d KDE for h in [0.1, 1.0]; one training point gives a Gaussian")
 def _q5_nll(ns):
     f = need(ns, "select_bandwidth")
     train = torch.zeros(1, 1, dtype=F64)

@@ -137,8 +137,14 @@ CASES = (
 def _q4(student, reverse):
     results = [
         student.mixture_kl_mc(
-            m, s, torch.tensor(w, dtype=F64), torch.tensor(mu, dtype=F64), torch.tensor(sd, dtype=F64),
-            n, Generator(seed), reverse=reverse,
+            m,
+            s,
+            torch.tensor(w, dtype=F64),
+            torch.tensor(mu, dtype=F64),
+            torch.tensor(sd, dtype=F64),
+            n,
+            Generator(seed),
+            reverse=reverse,
         )
         for (m, s, w, mu, sd, n, seed) in CASES
     ]
