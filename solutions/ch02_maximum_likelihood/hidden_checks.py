@@ -215,7 +215,7 @@ def q5_nll(student):
 
 @checks.cell("q5_choice_test")
 def q5_choice(student):
-    """the bandwidth chosen on two data sets (2-d arcs, and 3-d Gaussian data)"""
+    """the bandwidth chosen, and its validation NLL, on two data sets (2-d arcs, and 3-d Gaussian data)"""
     train, val = _moons_like(150, 53), _moons_like(60, 54)
     g = torch.Generator().manual_seed(55)
     tr3, va3 = torch.randn(80, 3, generator=g, dtype=F64), torch.randn(50, 3, generator=g, dtype=F64)
@@ -228,5 +228,10 @@ def q5_choice(student):
     want2 = min(hs3, key=lambda h: _kde_nll(tr3, va3, h))
     b1 = expect_float(out1[1], "best")
     b2 = expect_float(out2[1], "best")
+    nll1 = expect_tensor(out1[0], "val_nll", shape=(len(HS),), dtype=F64)
+    nll2 = expect_tensor(out2[0], "val_nll", shape=(len(hs3),), dtype=F64)
+    # the choice counts only with the right validation NLLs behind it
+    expect_close(nll1.min().item(), _kde_nll(train, val, want1), "the smallest validation NLL (2-d arcs) is wrong")
+    expect_close(nll2.min().item(), _kde_nll(tr3, va3, want2), "the smallest validation NLL (3-d data) is wrong")
     expect(b1 == want1, "the bandwidth chosen for 2-d arc data is not the one with the smallest validation NLL")
     expect(b2 == want2, "the bandwidth chosen for 3-d Gaussian data is not the one with the smallest validation NLL")
