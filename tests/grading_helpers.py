@@ -454,6 +454,7 @@ DESIGNED_PARTIALS = {
         },
         8.0,
     ),
+<<<<<<< HEAD
     "ch07_residual_continuous": (
         {
             # planar log-det without the absolute value: q1_map (1) passes, q1_logdet (2) gets nan on det < 0
@@ -511,6 +512,34 @@ DESIGNED_PARTIALS = {
             "    return 2 * ((A**2).sum() - (A.diagonal() ** 2).sum())\n",
         },
         6.0,
+=======
+    "ch02_maximum_likelihood": (
+        {
+            # forgets K alpha in the denominator: passes q1_basic (1), fails q1_smooth
+            "q1_answer": "def categorical_mle(counts, alpha=0.0):\n"
+            "    return (counts + alpha) / counts.sum(dim=-1, keepdim=True)\n",
+            # right on one data set, not batched (x.T transposes every axis): q2_basic (1), fails q2_batch
+            "q2_answer": "def gaussian_mle(x):\n"
+            "    mean = x.mean(0)\n"
+            "    xc = x - mean\n"
+            "    return mean, xc.T @ xc / x.shape[0]\n",
+            # q3 right (2); q4 always samples p, so the reverse direction is wrong: q4_forward (1) only
+            "q4_answer": "def mixture_kl_mc(m, s, weights, means, stds, n, generator, reverse=False):\n"
+            "    k = torch.multinomial(weights, n, replacement=True, generator=generator)\n"
+            "    x = means[k] + stds[k] * torch.randn(n, generator=generator, dtype=torch.float64)\n"
+            "    log_q = -0.5 * ((x - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)\n"
+            "    log_p = mixture_log_prob(x, weights, means, stds)\n"
+            "    return (log_q - log_p).mean() if reverse else (log_p - log_q).mean()\n",
+            # scores the training set instead of the validation set: fails q5_nll and q5_choice
+            "q5_answer": "def select_bandwidth(train, val, bandwidths):\n"
+            "    N, d = train.shape\n"
+            "    sq = torch.cdist(train, train).pow(2)\n"
+            "    nll = torch.stack([-(torch.logsumexp(-sq / (2 * h**2), 1) - math.log(N)\n"
+            "                         - 0.5 * d * math.log(2 * math.pi * h**2)).mean() for h in bandwidths])\n"
+            "    return nll, bandwidths[int(nll.argmin())]\n",
+        },
+        5.0,
+>>>>>>> ch2
     ),
 }
 
