@@ -454,7 +454,6 @@ DESIGNED_PARTIALS = {
         },
         8.0,
     ),
-<<<<<<< HEAD
     "ch07_residual_continuous": (
         {
             # planar log-det without the absolute value: q1_map (1) passes, q1_logdet (2) gets nan on det < 0
@@ -512,7 +511,6 @@ DESIGNED_PARTIALS = {
             "    return 2 * ((A**2).sum() - (A.diagonal() ** 2).sum())\n",
         },
         6.0,
-=======
     "ch02_maximum_likelihood": (
         {
             # forgets K alpha in the denominator: passes q1_basic (1), fails q1_smooth
@@ -539,7 +537,6 @@ DESIGNED_PARTIALS = {
             "    return nll, bandwidths[int(nll.argmin())]\n",
         },
         5.0,
->>>>>>> ch2
     ),
 }
 
