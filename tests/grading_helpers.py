@@ -511,6 +511,7 @@ DESIGNED_PARTIALS = {
             "    return 2 * ((A**2).sum() - (A.diagonal() ** 2).sum())\n",
         },
         6.0,
+    ),
     "ch02_maximum_likelihood": (
         {
             # forgets K alpha in the denominator: passes q1_basic (1), fails q1_smooth
