@@ -260,9 +260,32 @@ def animate_flow(
     return anim
 
 
+_ICONS = {
+    "fa fa-minus": "\u2212",
+    "fa fa-plus": "+",
+    "fa fa-fast-backward": "\u23ee",
+    "fa fa-step-backward": "\u23ea",
+    "fa fa-play fa-flip-horizontal": "\u25c0",
+    "fa fa-pause": "\u23f8",
+    "fa fa-play": "\u25b6",
+    "fa fa-step-forward": "\u23e9",
+    "fa fa-fast-forward": "\u23ed",
+}
+
+
+def offline_player(html: str) -> str:
+    """Make matplotlib's JavaScript player self-contained: it links Font Awesome from a CDN for its button
+    icons; drop that link and draw the icons as Unicode symbols instead."""
+    import re
+
+    html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
+    return re.sub(r'<i class="(fa [^"]*)"></i>', lambda m: _ICONS.get(m.group(1), "\u2022"), html)
+
+
 def to_html(anim) -> str:
-    """Self-contained HTML/JavaScript player for an animation (frames embedded; no CDN, plays offline)."""
-    return anim.to_jshtml()
+    """Self-contained HTML/JavaScript player for an animation: frames embedded, no CDN (the player's icons
+    are Unicode symbols), plays offline."""
+    return offline_player(anim.to_jshtml())
 
 
 def image_grid(images, nrow: int = 8, ax=None, padding: int = 1, cmap: str = "gray", vmin=None, vmax=None):
