@@ -71,6 +71,8 @@ from nbgrader.preprocessors import (  # noqa: E402
     SaveAutoGrades,
 )
 
+from course_tools.grading import InstrumentHiddenChecks, JudgeHiddenChecks  # noqa: E402
+from course_tools.records import WriteGradingRecord  # noqa: E402
 from course_tools.restore import RestoreDeletedCells  # noqa: E402
 from course_tools.sandbox import SandboxedExecute  # noqa: E402
 
@@ -83,14 +85,20 @@ c.Autograde.sanitize_preprocessors = [
     CheckCellMetadata,
 ]
 
+# Hidden checks are decided outside the student's kernel (course_tools.grading): the test cells become probes
+# before execution, and after it the grader's verdict replaces every output of each test cell, before
+# SaveAutoGrades scores them.  WriteGradingRecord (last) tells the instructor's report what happened.
 c.Autograde.autograde_preprocessors = [
+    InstrumentHiddenChecks,
     SandboxedExecute,
+    JudgeHiddenChecks,
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,
     SaveAutoGrades,
     AssignLatePenalties,
     CheckCellMetadata,
+    WriteGradingRecord,
 ]
 
 # Feedback: hidden tests are NOT shown; see instructors.md ("What the feedback shows").

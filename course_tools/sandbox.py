@@ -484,6 +484,11 @@ class SandboxedExecute(Execute):
         int(os.environ.get("COURSE_OUTPUT_LIMIT_KB", "1024")),
         help="bytes of output (all cells of one notebook) kept; the rest is dropped and reported",
     ).tag(config=True)
+    setup_timeout = Integer(
+        int(os.environ.get("COURSE_SETUP_TIMEOUT", "120")),
+        help="seconds for each locked setup cell that runs before any student code (imports): the author's "
+        "code, so a busy machine must not turn it into the student's zero; not counted in total_timeout",
+    ).tag(config=True)
     infrastructure_factor = Integer(
         int(os.environ.get("COURSE_RETRY_FACTOR", "1")),
         help="multiplies every time budget (the CLI sets it when it grades a submission again)",
@@ -550,7 +555,15 @@ class SandboxedExecute(Execute):
         return km
 
     # -- limits --------------------------------------------------------------------------------------
+    def _is_setup(self, cell: NotebookNode) -> bool:
+        return (
+            utils.is_locked(cell) and not utils.is_grade(cell) and not utils.is_solution(cell)
+            and not self._student_code_ran
+        )
+
     def _get_timeout(self, cell: NotebookNode | None) -> int | None:  # type: ignore[override]
+        if cell is not None and self._is_setup(cell):
+            return self.setup_timeout * max(1, self.infrastructure_factor)
         per_cell = super()._get_timeout(cell)
         remaining = max(1, int(self._deadline - time.monotonic()))
         return min(per_cell, remaining) if per_cell else remaining
@@ -561,7 +574,7 @@ class SandboxedExecute(Execute):
             self._record["timeouts"].append(gid)
             if time.monotonic() >= self._deadline - 1:
                 self._add_limit(f"total time ({self.total_timeout * max(1, self.infrastructure_factor)} s)")
-            if utils.is_locked(cell) and not utils.is_grade(cell) and not self._student_code_ran:
+            if self._is_setup(cell):
                 self._infra = f"the locked cell {gid} timed out ({timeout} s)"
         return await super()._async_handle_timeout(timeout, cell)
 
@@ -601,12 +614,10 @@ class SandboxedExecute(Execute):
             cell.outputs = [_error_output("TimeLimit", "not executed: the submission's total time limit was reached")]
             return cell, resources
         # a locked setup cell that fails before any student code ran is the machine's fault, not the student's
-        locked_setup = (
-            utils.is_locked(cell) and not utils.is_grade(cell) and not utils.is_solution(cell)
-            and not self._student_code_ran
-        )
+        locked_setup = self._is_setup(cell)
         if not utils.is_locked(cell) and not utils.is_grade(cell):
             self._student_code_ran = True
+        t0 = time.monotonic()
         try:
             out = super().preprocess_cell(cell, resources, index)
         except CellTimeoutError:
@@ -646,6 +657,8 @@ class SandboxedExecute(Execute):
             return cell, resources
         if self._infra and locked_setup:
             raise InfrastructureError(self._infra)
+        if locked_setup:  # the author's setup does not eat the student's total time
+            self._deadline += time.monotonic() - t0
         cell = out[0]
         for o in cell.get("outputs", []):
             if o.get("output_type") == "error" and o.get("ename") == "KeyboardInterrupt" and gid not in self._record["timeouts"]:
