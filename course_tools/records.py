@@ -13,6 +13,7 @@ nbgrader's feedback step reads) and not in the repository.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -34,12 +35,23 @@ def record_path(assignment: str, student: str, notebook: str) -> str:
     return os.path.join(course_work_dir(), "records", _safe(assignment), _safe(student), _safe(notebook) + ".json")
 
 
+def submission_hash(assignment: str, student: str, notebook: str) -> str | None:
+    """sha256 of the submitted notebook: a record is current only while the submission is the same."""
+    path = os.path.join(course_work_dir(), "submitted", student, assignment, notebook + ".ipynb")
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
 def write_record(resources: dict, status: str) -> None:
     info = resources.get("nbgrader", {})
     if not info.get("assignment") or not info.get("student"):
         return
     rec = dict(resources.get("course_grading", {}))
     rec.update(status=status, run=run_id(), time=time.time())
+    rec["submission"] = submission_hash(info["assignment"], info["student"], info.get("notebook", ""))
     path = record_path(info["assignment"], info["student"], info.get("notebook", "notebook"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"

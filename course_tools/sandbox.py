@@ -525,10 +525,12 @@ class SandboxedExecute(Execute):
             return super().preprocess(nb, resources, km)
         except InfrastructureError as exc:
             rec["infrastructure"] = str(exc)
+            _record_failure(resources)
             raise
         except (RuntimeError, TimeoutError) as exc:  # kernel did not start / did not answer
             if "Kernel" in str(exc) or "kernel" in str(exc) or isinstance(exc, TimeoutError):
                 rec["infrastructure"] = f"the kernel did not start: {exc}"
+                _record_failure(resources)
                 raise InfrastructureError(rec["infrastructure"]) from exc
             raise
 
@@ -627,7 +629,7 @@ class SandboxedExecute(Execute):
                 self._record["timeouts"].append(gid)
             self._record["kernel_died"].append(gid)
             if locked_setup:
-                raise InfrastructureError(f"the locked cell {gid} timed out and the kernel hung")
+                raise InfrastructureError(f"the locked cell {gid} timed out and the kernel hung") from None
             self.log.error("The kernel ignored the interrupt in cell %d; killing it, the cells after it score 0", index)
             self._shutdown_now()
             cell.outputs = list(cell.get("outputs", [])) + [
@@ -645,7 +647,7 @@ class SandboxedExecute(Execute):
             for h in hit:
                 self._add_limit(h)
             if locked_setup and not hit:
-                raise InfrastructureError(f"the kernel died in the locked cell {gid}")
+                raise InfrastructureError(f"the kernel died in the locked cell {gid}") from None
             self.log.error("The kernel died while executing cell %d; this cell and the ones after it score 0", index)
             why = "the " + " and ".join(hit) + " limit" if hit else "os._exit, crash or out of memory"
             cell.outputs = list(cell.get("outputs", [])) + [
@@ -661,7 +663,8 @@ class SandboxedExecute(Execute):
             self._deadline += time.monotonic() - t0
         cell = out[0]
         for o in cell.get("outputs", []):
-            if o.get("output_type") == "error" and o.get("ename") == "KeyboardInterrupt" and gid not in self._record["timeouts"]:
+            own = gid not in self._record["timeouts"]
+            if o.get("output_type") == "error" and o.get("ename") == "KeyboardInterrupt" and own:
                 self._record["interrupted"].append(gid)  # raised by the student's own code, not a timeout
         return out
 
@@ -670,6 +673,15 @@ class SandboxedExecute(Execute):
             run_sync(self.km.shutdown_kernel)(now=True)
         except Exception as exc:  # already gone
             self.log.debug("shutdown after timeout: %s", exc)
+
+
+def _record_failure(resources: dict) -> None:
+    from course_tools.records import write_record
+
+    try:
+        write_record(resources, "infrastructure")
+    except OSError:
+        pass
 
 
 def _gid(cell: NotebookNode, index: int) -> str:
