@@ -617,6 +617,8 @@ class SandboxedExecute(Execute):
             return cell, resources
         # a locked setup cell that fails before any student code ran is the machine's fault, not the student's
         locked_setup = self._is_setup(cell)
+        if locked_setup and self._inject_fault(resources):
+            raise InfrastructureError(f"the locked cell {gid} timed out (injected fault, COURSE_FAULT_INJECT)")
         if not utils.is_locked(cell) and not utils.is_grade(cell):
             self._student_code_ran = True
         t0 = time.monotonic()
@@ -667,6 +669,17 @@ class SandboxedExecute(Execute):
             if o.get("output_type") == "error" and o.get("ename") == "KeyboardInterrupt" and own:
                 self._record["interrupted"].append(gid)  # raised by the student's own code, not a timeout
         return out
+
+    def _inject_fault(self, resources: dict) -> bool:
+        """Tests only: ``COURSE_FAULT_INJECT=infra:<student>`` (every try) or ``infra-once:<student>`` (first
+        try only) makes that student's setup cell fail like a machine too busy to import torch in time."""
+        spec = os.environ.get("COURSE_FAULT_INJECT", "")
+        student = resources.get("nbgrader", {}).get("student")
+        for item in filter(None, spec.split(",")):
+            kind, _, who = item.partition(":")
+            if who == student and (kind == "infra" or (kind == "infra-once" and self.infrastructure_factor == 1)):
+                return True
+        return False
 
     def _shutdown_now(self) -> None:
         try:
