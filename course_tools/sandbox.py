@@ -250,7 +250,7 @@ class SandboxKernelManager(AsyncKernelManager):
         2048, help="memory of one kernel, /tmp included (cgroup, when available); 0: none"
     ).tag(config=True)
     address_space_mb = Integer(
-        4096, help="address-space limit of a kernel in MiB (prlimit --as; torch needs ~1.5 GiB); 0: none"
+        8192, help="address-space limit of a kernel in MiB (prlimit --as; torch needs ~1.5 GiB); 0: none"
     ).tag(config=True)
     tmp_size_mb = Integer(64, help="size of the kernel's private /tmp (its only writable disk)").tag(config=True)
     file_size_limit_mb = Integer(64, help="largest file a kernel may write, in MiB (prlimit --fsize)").tag(
