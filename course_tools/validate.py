@@ -161,7 +161,7 @@ def _problems(data: dict, rel: dict[str, tuple[str, dict]]) -> list[str]:
         elif gid not in rel:
             notes.append(f"{label}: grade_id not in the assignment: treated as a plain cell")
         elif gid in seen:
-            notes.append(f"{label}: duplicate grade_id (a copied cell): the copy is treated as a plain cell")
+            notes.append(f"{label}: duplicate grade_id (a copied cell): one copy is graded, the other is a plain cell")
         elif cell.get("cell_type") != rel[gid][0]:
             notes.append(f"{label}: cell type changed to {cell.get('cell_type')}: treated as a plain cell")
         else:
@@ -172,11 +172,31 @@ def _problems(data: dict, rel: dict[str, tuple[str, dict]]) -> list[str]:
     return notes
 
 
-def repair(nb, rel: dict[str, tuple[str, dict]]) -> list[str]:
+def _keep(cells: list, rel: dict[str, tuple[str, dict]], order: list[str]) -> dict[str, int]:
+    """For each grade_id, the index of the cell that keeps its metadata: of several copies, the first one after the
+    cell that precedes it in the released notebook (a copy pasted above its answer would run too early)."""
+    where: dict[str, list[int]] = {}
+    for i, cell in enumerate(cells):
+        meta = cell.get("metadata", {}).get("nbgrader") if isinstance(cell.get("metadata"), dict) else None
+        gid = meta.get("grade_id") if isinstance(meta, dict) else None
+        if isinstance(gid, str) and gid in rel and cell.get("cell_type") == rel[gid][0]:
+            where.setdefault(gid, []).append(i)
+    keep = {}
+    for gid, idxs in where.items():
+        pos = order.index(gid) if gid in order else 0
+        anchor = next((where[g][0] for g in reversed(order[:pos]) if g in where and len(where[g]) == 1), -1)
+        after = [i for i in idxs if i > anchor]
+        keep[gid] = after[0] if after else idxs[-1]
+    return keep
+
+
+def repair(nb, rel: dict[str, tuple[str, dict]], order: list[str] | None = None) -> list[str]:
     """Repair an nbformat NotebookNode in place (see the module docstring); returns what was done."""
     notes = _problems(nb, rel)
+    good = [c for c in nb.get("cells", []) if isinstance(c, dict)]
+    keep = _keep(good, rel, order or list(rel))
     cells, seen = [], set()
-    for cell in nb.get("cells", []):
+    for index, cell in enumerate(good):
         if not isinstance(cell, dict):
             continue
         if cell.get("cell_type") not in CELL_TYPES:
@@ -198,7 +218,7 @@ def repair(nb, rel: dict[str, tuple[str, dict]]) -> list[str]:
         if "nbgrader" in md:
             meta = md["nbgrader"]
             gid = meta.get("grade_id") if isinstance(meta, dict) else None
-            if isinstance(gid, str) and gid in rel and gid not in seen and cell.get("cell_type") == rel[gid][0]:
+            if isinstance(gid, str) and gid in rel and keep.get(gid) == index and gid not in seen:
                 seen.add(gid)
                 md["nbgrader"] = nbformat.from_dict(copy.deepcopy(rel[gid][1]))
             else:
