@@ -462,6 +462,19 @@ def cmd_status() -> None:
     print(f"gradebook:                   {db_url()}")
     print(f"assignments in solutions/:   {', '.join(source_assignments())}")
     print(f"sandbox (bwrap) usable:      {bwrap_available()}")
+    from course_tools.sandbox import SandboxKernelManager, _cgroup_roots
+
+    km = SandboxKernelManager()
+    try:
+        user = km.sandbox_user if os.geteuid() == 0 else "the grader's own (in a user namespace)"
+        cg = ", ".join(sorted(_cgroup_roots())) or "none (memory: address-space limit only)"
+        print(f"kernel user:                 {user}")
+        print(f"limits:                      memory {km.memory_limit_mb} MiB incl. /tmp (cgroup: {cg}), "
+              f"/tmp {km.tmp_size_mb} MiB, {km.max_processes} processes")
+    finally:
+        import shutil
+
+        shutil.rmtree(km._private_dir, ignore_errors=True)
     if os.path.exists(os.path.join(work_dir(), "gradebook.db")) or not db_url().startswith("sqlite"):
         try:
             for a in source_assignments():

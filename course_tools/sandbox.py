@@ -296,10 +296,10 @@ class SandboxKernelManager(AsyncKernelManager):
     def sandbox_command(self, kernel_cmd: list[str]) -> list[str]:
         exe = shutil.which(self.bwrap) or self.bwrap
         user = self._user()
-        cmd = [exe, *_system_binds(), *BASE_ARGS]
+        cmd = [exe, "--perms", "0755", "--dir", "/etc", *_system_binds(), *BASE_ARGS]
         if user is None:
             cmd += ["--unshare-user", "--cap-drop", "ALL"]
-        made: set[str] = {"/", "/tmp", "/dev", "/proc", *SYSTEM_DIRS}
+        made: set[str] = {"/", "/tmp", "/dev", "/proc", "/etc", *SYSTEM_DIRS}
 
         def parents(path: str) -> list[str]:
             out, p = [], os.path.dirname(path)
@@ -333,7 +333,8 @@ class SandboxKernelManager(AsyncKernelManager):
                 cmd += ["--ro-bind", "/dev/null", os.path.join(repo, rel)]
         # a private /tmp with a size limit: the only writable place
         cmd += ["--size", str(self.tmp_size_mb * 2**20), "--perms", "1777", "--tmpfs", "/tmp"]
-        cmd += ["--perms", "0755", "--dir", KERNEL_HOME, "--perms", "0755", "--dir", KERNEL_CWD]
+        # the kernel's home and working folder: writable by the kernel's user (and inside the size-limited /tmp)
+        cmd += ["--perms", "1777", "--dir", KERNEL_HOME, "--perms", "1777", "--dir", KERNEL_CWD]
         for name in self._files:
             cmd += ["--ro-bind", os.path.join(self._private_dir, "files", name), os.path.join(KERNEL_CWD, name)]
         cmd += parents(self._private_dir) + ["--bind", self._private_dir, self._private_dir]

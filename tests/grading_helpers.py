@@ -221,7 +221,14 @@ _try("read_shadow", lambda: open("/etc/shadow").read()[:10])
 _try("runs_as_root", lambda: 1 / (_os.getuid() == 0))
 _try("other_clone_solutions", lambda: _os.listdir({os.path.join(other_clone or "/nonexistent-clone", "solutions")!r}))
 _try("exchange", lambda: _os.listdir({exchange or os.path.join(work, "exchange")!r}))
-_try("hidden_checks_anywhere", lambda: __import__("glob").glob("/**/hidden_checks.py", recursive=True) or 1 / 0)
+def _find_checks():
+    found = []
+    for root, dirs, files in _os.walk("/"):
+        dirs[:] = [d for d in dirs if _os.path.join(root, d) not in ("/usr", "/proc", "/dev", "/sys")
+                   and "site-packages" not in d and "python3" not in d]
+        found += [_os.path.join(root, f) for f in files if f == "hidden_checks.py"]
+    return found or 1 / 0
+_try("hidden_checks_anywhere", _find_checks)
 _exposed = ("flowlib", "course_tools", "pyproject.toml", ".venv")
 _try("list_repo_root", lambda: [n for n in _os.listdir({REPO!r}) if n not in _exposed] or 1 / 0)
 _try("write_tmp_big", lambda: open("/tmp/big", "wb").write(b"x" * (200 * 2**20)))
