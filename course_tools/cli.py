@@ -312,14 +312,21 @@ def _up_to_date(assignment: str, student: str) -> bool:
     return True
 
 
-def _run_nbgrader(assignment: str, students: list[str], exclude: list[str], run: str, factor: int = 1) -> str:
-    args = ["autograde", assignment, "--force"]
-    if len(students) == 1:
-        args += ["--student", students[0]]
-    if exclude:
-        args += ["--CourseDirectory.student_id_exclude=" + ",".join(exclude)]
-    env = {"COURSE_GRADING_RUN": run, "COURSE_RETRY_FACTOR": str(factor)}
-    res = nbgrader(*args, check=False, quiet=True, env=env)
+def _run_nbgrader(assignment: str, students: list[str], run: str, factor: int = 1) -> str:
+    """nbgrader autograde for exactly these students: nbgrader reads them through a folder of links to their
+    submissions, so folders it must not see (names it cannot parse, refused submissions) cannot stop its batch."""
+    import shutil
+    import tempfile
+
+    view = tempfile.mkdtemp(prefix=".grading-view-", dir=work_dir())
+    try:
+        for s in students:
+            os.symlink(os.path.join(work_dir(), "submitted", s), os.path.join(view, s))
+        args = ["autograde", assignment, "--force", f"--CourseDirectory.submitted_directory={view}"]
+        env = {"COURSE_GRADING_RUN": run, "COURSE_RETRY_FACTOR": str(factor)}
+        res = nbgrader(*args, check=False, quiet=True, env=env)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
     return res.stdout + res.stderr
 
 
@@ -344,15 +351,14 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True, shar
         fatal = set(pf.refused) | set(pf.broken) | set(pf.missing)
         unchanged = [] if force else [s for s in pf.students if s not in fatal and _up_to_date(a, s)]
         todo = [s for s in pf.students if s not in fatal and s not in unchanged]
-        others = [s for s in os.listdir(os.path.join(work_dir(), "submitted")) if s not in todo]
         log = ""
         if todo:
-            log += _run_nbgrader(a, todo, [] if len(todo) == 1 else others, run)
+            log += _run_nbgrader(a, todo, run)
         # a student whose grading failed (an exception, an aborted batch, the machine too busy) gets one more try
         # alone, with every time budget tripled; what still fails is reported, never shown with an old grade
         retry = [s for s in todo if not _graded_now(a, s, run)[0]]
         for s in retry:
-            log += _run_nbgrader(a, [s], [], run, factor=3)
+            log += _run_nbgrader(a, [s], run, factor=3)
         for s, nbs in list(pf.broken.items()) + list(pf.missing.items()):
             if s in pf.refused:
                 continue

@@ -270,6 +270,7 @@ class SandboxKernelManager(AsyncKernelManager):
         os.chmod(self._private_dir, 0o700)
         self._files: dict[str, bytes] = {}  # name -> content, put read-only into the kernel's folder
         self._cgroup: _Cgroup | None = None
+        self.on_limits: t.Callable[[str], None] | None = None  # told which limits the kernel hit, at the end
         # The kernel talks to us over Unix sockets in a private folder: no network namespace needed.
         self.transport = "ipc"
         self.connection_file = os.path.join(self._private_dir, "kernel.json")
@@ -465,6 +466,9 @@ class SandboxKernelManager(AsyncKernelManager):
         await super()._async_cleanup_resources(restart=restart)
         if not restart:
             if self._cgroup is not None:
+                if self.on_limits is not None:
+                    for hit in self.limits_hit():
+                        self.on_limits(hit)
                 self._cgroup.remove()
             shutil.rmtree(self._private_dir, ignore_errors=True)
 
@@ -555,6 +559,7 @@ class SandboxedExecute(Execute):
         km = super().create_kernel_manager()
         if isinstance(km, SandboxKernelManager):
             km.set_files(self._files)
+            km.on_limits = self._add_limit
         return km
 
     # -- limits --------------------------------------------------------------------------------------
