@@ -515,8 +515,9 @@ class SandboxedExecute(Execute):
         self._out_bytes = 0
         self._dropped = False
         f = max(1, self.infrastructure_factor)
-        self.timeout = (self.timeout or 30) * f
-        self.startup_timeout = (self.startup_timeout or 60) * f
+        if not hasattr(self, "_base_timeouts"):
+            self._base_timeouts = (self.timeout or 30, self.startup_timeout or 60)
+        self.timeout, self.startup_timeout = (t * f for t in self._base_timeouts)
         self._deadline = time.monotonic() + self.total_timeout * f
         rec = resources.setdefault("course_grading", {})
         rec.setdefault("limits", [])

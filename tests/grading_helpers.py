@@ -333,15 +333,15 @@ get_ipython().events.register("post_run_cell", lambda *a: _fake_ok())
 FRAME_GLOBALS = """
 import sys as _s
 def _poison_callers():
-    f = _s._getframe(1)
-    while f is not None:
-        for k, v in list(f.f_globals.items()):
+    # the grader's helpers, if they were in the caller's globals (they were, when hidden tests ran in the kernel)
+    for depth in (2, 3):
+        try:
+            g = _s._getframe(depth).f_globals
+        except ValueError:
+            break
+        for k, v in list(g.items()):
             if callable(v) and not isinstance(v, type) and k.startswith(("_", "expect", "close", "check")):
-                try:
-                    f.f_globals[k] = lambda *a, **kw: True
-                except Exception:
-                    pass
-        f = f.f_back
+                g[k] = lambda *a, **kw: True
 """
 SETTRACE = """
 import sys as _s
