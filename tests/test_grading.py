@@ -36,7 +36,8 @@ import grading_helpers as H  # noqa: E402
 sys.path.insert(0, H.REPO)
 from course_tools.leaks import find_leaks, hidden_check_patterns, leak_patterns  # noqa: E402
 
-pytestmark = [pytest.mark.grading, pytest.mark.slow]
+# the shared batch is graded in the fixture of the first test that uses it: that test gets its time
+pytestmark = [pytest.mark.grading, pytest.mark.slow, pytest.mark.timeout(3600)]
 ASSIGNMENTS = H.assignments()
 LIMITS_ON = ASSIGNMENTS[0]
 
