@@ -56,8 +56,8 @@ class SafeCollect(ExchangeCollect):
         self.inbound_path = os.path.join(self.course_path, "inbound")
         if not os.path.isdir(self.inbound_path):
             self.fail(f"Course not found: {self.inbound_path}")
-        student_id = glob.escape(self.coursedir.student_id) if self.coursedir.student_id else "*"
-        pattern = os.path.join(self.inbound_path, f"{student_id}+{glob.escape(self.coursedir.assignment_id)}+*")
+        student_id = self.coursedir.student_id or "*"  # nbgrader's default is "*" (every student)
+        pattern = os.path.join(self.inbound_path, f"{student_id}+{self.coursedir.assignment_id}+*")
         records = [r for r in (self._record_or_none(f) for f in sorted(glob.glob(pattern))) if r]
         records.sort(key=lambda r: r["username"])
         groups = {k: list(v) for k, v in groupby(records, lambda r: r["username"])}
