@@ -514,6 +514,7 @@ class SandboxedExecute(Execute):
         self._kernel_dead = False
         self._student_code_ran = False
         self._out_bytes = 0
+        self._probe_bytes = 0
         self._dropped = False
         f = max(1, self.infrastructure_factor)
         if not hasattr(self, "_base_timeouts"):
@@ -593,10 +594,14 @@ class SandboxedExecute(Execute):
             self._record["limits"].append(what)
 
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
-        if PROBE_MIME in (msg.get("content", {}).get("data") or {}):
-            # a probe's results (bounded and checked by the grader) are never dropped by the output limit
-            return super().output(outs, msg, display_id, cell_index)
         size = len(json.dumps(msg.get("content", {}), default=str))
+        if PROBE_MIME in (msg.get("content", {}).get("data") or {}):
+            # a probe's results are not dropped by the output limit (the grader checks and bounds them), but a
+            # notebook cannot send more than 64 MiB of them
+            self._probe_bytes = getattr(self, "_probe_bytes", 0) + size
+            if self._probe_bytes <= 64 * 2**20:
+                return super().output(outs, msg, display_id, cell_index)
+            return None
         self._out_bytes += size
         if self._out_bytes > self.output_limit_kb * 1024:
             if not self._dropped:
