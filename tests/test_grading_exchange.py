@@ -58,7 +58,7 @@ def make_student(root: str, name: str, exchange: str) -> dict:
 
 def student(env: dict, *args: str) -> subprocess.CompletedProcess:
     res = subprocess.run(
-        [NBGRADER, *args], cwd=env["HOME"], env=env, capture_output=True, text=True, timeout=120
+        [NBGRADER, *args], cwd=env["HOME"], env=env, capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, f"nbgrader {' '.join(args)} as {env['JUPYTERHUB_USER']}:\n{res.stderr[-3000:]}"
     return res
