@@ -795,12 +795,40 @@ DESIGNED_PARTIALS = {
             "q1_answer": "def entropy(p):\n    return -(p * torch.log(p)).sum(dim=-1)\n",
             # textbook formula without support handling: passes q2_basic (1), nan on zeros in p
             "q2_answer": "def kl_divergence(p, q):\n    return (p * torch.log(p / q)).sum(dim=-1)\n",
-            # q3 right (3); q4 forgets the square root: fails q4 (0)
+            # q3 right (3); q4 forgets the square root: fails q4 (0); q5 right (2)
             "q4_answer": "def mc_estimate(f, d, n, generator):\n"
             "    v = f(torch.randn(n, d, generator=generator, dtype=torch.float64))\n"
             "    return v.mean(), v.std() / n\n",
         },
-        5.0,
+        7.0,
+    ),
+    "ch05_normalizing_flows": (
+        {
+            # forgets the absolute value of f': passes q1_increasing (1), nan on the decreasing map
+            "q1_answer": "def cov_log_prob_1d(x, f):\n"
+            "    xr = x.detach().clone().requires_grad_(True)\n"
+            "    z = f(xr)\n"
+            "    (dz,) = torch.autograd.grad(z.sum(), xr)\n"
+            "    return (-0.5 * z.detach() ** 2 - 0.5 * math.log(2 * math.pi) + torch.log(dz)).detach()\n",
+            # log(alpha) instead of log|alpha|: z right (1), log-det and inverse log-det nan (0 + 0)
+            "q3_answer": "def ar_forward(x, conditioner):\n"
+            "    alpha, beta = conditioner(x)\n"
+            "    return alpha * x + beta, torch.log(alpha).sum(dim=1)\n\n\n"
+            "def ar_inverse(z, conditioner):\n"
+            "    x = torch.zeros_like(z)\n"
+            "    for i in range(z.shape[1]):\n"
+            "        alpha, beta = conditioner(x)\n"
+            "        x = x.clone()\n"
+            "        x[:, i] = (z[:, i] - beta[:, i]) / alpha[:, i]\n"
+            "    alpha, _ = conditioner(x)\n"
+            "    return x, -torch.log(alpha).sum(dim=1)\n",
+            # >= also for the output mask: hidden masks right (1), output mask wrong (0)
+            "q4_answer": "def made_masks(degrees):\n"
+            "    masks = [(b[:, None] >= a[None, :]).to(torch.float64) for a, b in zip(degrees[:-1], degrees[1:])]\n"
+            "    return masks + [(degrees[0][:, None] >= degrees[-1][None, :]).to(torch.float64)]\n",
+            # q2, q5, q6 right (1 + 2 + 2)
+        },
+        8.0,
     ),
 }
 

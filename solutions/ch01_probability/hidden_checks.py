@@ -96,6 +96,32 @@ def q3_random(student):
     expect_close(got, ref, "the log-density of a 4-d Gaussian at 7 points is wrong", rtol=1e-8)
 
 
+@checks.cell("q3_scale_test")
+def q3_scale(student):
+    """log-density in 400 dimensions, where det(Sigma) underflows or overflows in float64"""
+    d = 400
+    build = (
+        "(lambda a: {s} * (torch.eye({d}, dtype=torch.float64) + a @ a.T / {n}))"
+        "(torch.randn({d}, {d}, dtype=torch.float64))"
+    )
+    small = Source(build.format(s=0.01, d=d, n=16 * d), seed=5)
+    large = Source(build.format(s=100.0, d=d, n=16 * d), seed=6)
+    g = torch.Generator().manual_seed(32)
+    mean = torch.randn(d, generator=g, dtype=F64)
+    x_small = mean + 0.1 * torch.randn(3, d, generator=g, dtype=F64)
+    x_large = mean + 10.0 * torch.randn(3, d, generator=g, dtype=F64)
+    got_small = student.mvn_log_prob(x_small, mean, small)
+    got_large = student.mvn_log_prob(x_large, mean, large)
+    cases = ((got_small, small, x_small, "Sigma near 0.01 I"), (got_large, large, x_large, "Sigma near 100 I"))
+    for got, cov, x, what in cases:
+        got = expect_tensor(got, f"mvn_log_prob in 400 dimensions ({what})", shape=(3,), dtype=F64)
+        expect(bool(torch.isfinite(got).all()),
+               f"the log-density in 400 dimensions with {what} is not finite: det(Sigma) is about 1e-800 or 1e+800, "
+               "which float64 cannot hold; compute log det from the Cholesky factor")
+        ref = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov.build()).log_prob(x)
+        expect_close(got, ref, f"the log-density in 400 dimensions with {what} is wrong", rtol=1e-9)
+
+
 # ---------------------------------------------------------------- Q4 Monte Carlo
 @checks.cell("q4_test")
 def q4_estimate(student):
@@ -110,3 +136,48 @@ def q4_estimate(student):
     vals = Source(expr).build()(z)
     expect_close(est, vals.mean().item(), "the estimate is not the sample mean of f over torch.randn(n, d) samples")
     expect_close(se, (vals.std() / math.sqrt(n)).item(), "the standard error is not s / sqrt(n) (s with n - 1)")
+
+
+# ---------------------------------------------------------------- Q5 mutual information
+def ref_mi(joint):
+    px, py = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    terms = torch.where(joint > 0, joint * (joint.log() - (px * py).log()), torch.zeros_like(joint))
+    return terms.sum()
+
+
+@checks.cell("q5_basic_test")
+def q5_random(student):
+    """mutual information of random joint tables, some with zero cells"""
+    g = torch.Generator().manual_seed(51)
+    tables = []
+    for k, m in ((3, 4), (5, 2), (4, 4)):
+        t = torch.rand(k, m, generator=g, dtype=F64)
+        tables.append(t / t.sum())
+    t = torch.rand(4, 5, generator=g, dtype=F64)
+    t[0, 1] = t[2, 3] = t[3, 0] = 0.0
+    tables.append(t / t.sum())
+    got = [student.mutual_information(t) for t in tables]
+    for i, (value, t) in enumerate(zip(got, tables)):
+        what = "a table with zero cells" if i == 3 else f"a random {tuple(t.shape)} table"
+        value = expect_tensor(value, f"mutual_information of {what}", shape=(), dtype=F64)
+        expect(not torch.isnan(value), f"mutual_information of {what} is nan (zero cells must contribute 0)")
+        expect_close(value, ref_mi(t), f"the mutual information of {what} is wrong", rtol=1e-9)
+
+
+@checks.cell("q5_independent_test")
+def q5_independent(student):
+    """independent tables give 0; a deterministic relation gives H(X)"""
+    g = torch.Generator().manual_seed(52)
+    px = torch.rand(4, generator=g, dtype=F64)
+    py = torch.rand(6, generator=g, dtype=F64)
+    indep = torch.outer(px / px.sum(), py / py.sum())
+    perm = torch.tensor([2, 0, 3, 1])
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    determ = torch.zeros(4, 4, dtype=F64)
+    determ[torch.arange(4), perm] = p
+    got_indep = student.mutual_information(indep)
+    got_det = student.mutual_information(determ)
+    got_indep = expect_tensor(got_indep, "mutual_information of an independent table", shape=(), dtype=F64)
+    expect_close(got_indep, 0.0, "the mutual information of an independent table p(x) p(y) should be 0", atol=1e-12)
+    got_det = expect_tensor(got_det, "mutual_information when Y is a function of X", shape=(), dtype=F64)
+    expect_close(got_det, ref_entropy(p), "when Y is a one-to-one function of X, I(X; Y) should equal H(X)", rtol=1e-9)
