@@ -270,6 +270,7 @@ class Case:
     files: dict[str, object]  # relative path -> notebook dict | str | bytes | ("symlink", target)
     expected: float | None  # code points in the gradebook; None = not graded (refused, needs regrading)
     message: str = ""  # a substring the instructor must see in the CLI output for this student
+    same_as: str | None = None  # the grade must equal this student's (the same wrong answers without the trick)
 
 
 def write_submission(work: str, assignment: str, case: Case) -> None:
@@ -512,44 +513,66 @@ def attack_cases(assignment: str) -> list[Case]:
     leaky["cells"].append({"cell_type": "markdown", "id": "leak-2", "metadata": {}, "source": MARKDOWN_SCRIPT})
     return [
         Case(
+            "a_wrong",
+            "every answer wrong (shifted by 0.5), no trick: the baseline of the cases below",
+            {nb_name: _wrong_all(assignment, nb_name)},
+            None,
+        ),
+        Case(
             "a_displayhook",
             "wrong answers + sys.displayhook('ok') after every cell",
             {nb_name: _wrong_all(assignment, nb_name, extra_first=DISPLAYHOOK)},
-            0.0,
+            None,
+            same_as="a_wrong",
         ),
         Case(
-            "a_frames", "wrong answers that poison their caller's globals through sys._getframe", {nb_name: frames}, 0.0
+            "a_frames",
+            "wrong answers that poison their caller's globals through sys._getframe",
+            {nb_name: frames},
+            None,
+            same_as="a_wrong",
         ),
         Case(
             "a_settrace",
             "wrong answers + sys.settrace that clears callers' locals",
             {nb_name: _wrong_all(assignment, nb_name, extra_first=SETTRACE)},
-            0.0,
+            None,
+            same_as="a_wrong",
         ),
         Case(
             "a_builtins",
             "wrong answers + zip/all/sum/len rebound at the notebook's top level",
             {nb_name: _wrong_all(assignment, nb_name, extra_first=BUILTINS)},
-            0.0,
+            None,
+            same_as="a_wrong",
         ),
         Case(
             "a_transformer",
             "wrong answers + an IPython input transformer that blanks test cells",
             {nb_name: _wrong_all(assignment, nb_name, extra_first=TRANSFORMER)},
-            0.0,
+            None,
+            same_as="a_wrong",
         ),
         Case(
             "a_math",
             "wrong answers + a replaced math module",
             {nb_name: _wrong_all(assignment, nb_name, extra_first=FAKE_MATH)},
-            0.0,
+            None,
+            same_as="a_wrong",
         ),
-        Case("a_inplace", "wrong answers + Tensor.clone patched, inputs zeroed in place", {nb_name: inplace}, 0.0),
+        Case(
+            "a_inplace",
+            "wrong answers + Tensor.clone patched, inputs zeroed in place",
+            {nb_name: inplace},
+            None,
+            same_as="a_wrong",
+        ),
         Case(
             "a_rebind",
             "wrong answers + torch.allclose, numpy.testing, math.isclose, check, flowlib rebound",
             {nb_name: _wrong_all(assignment, nb_name, extra_first=REBIND)},
-            0.0,
+            None,
+            same_as="a_wrong",
         ),
         Case(
             "a_shadow",

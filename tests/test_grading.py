@@ -252,10 +252,20 @@ def test_every_attack_gets_what_it_deserves(batch, assignment):
                 wrong.append(f"{c.student} ({c.description}): {scores.get(c.student)} instead of {c.expected}")
             if notes[0].split()[0] not in ("OK", "CHECK"):
                 wrong.append(f"{c.student} ({c.description}): reported as {notes[0]}")
+        elif c.same_as:
+            # the trick must not raise the grade of the same wrong answers (it may break its own kernel)
+            if c.student not in scores or scores[c.student] > scores.get(c.same_as, 0):
+                wrong.append(f"{c.student} ({c.description}): {scores.get(c.student)}, without the trick "
+                             f"{scores.get(c.same_as)}")
         elif "REFUSED" in c.message:
             assert c.student not in scores, f"{c.student} should not have been graded"
         if c.message and c.message not in text:
             wrong.append(f"{c.student} ({c.description}): no message {c.message!r}:\n{text}")
+    total = H.layout(assignment, H.notebooks(assignment)[0]).total
+    if "a_wrong" in scores:
+        assert scores["a_wrong"] < total, "the generated wrong answers are not wrong"
+        if assignment == "ch01_probability":
+            assert scores["a_wrong"] == 0
     assert not wrong, "\n".join(wrong) + "\n\n" + "\n".join(lines) + batch["second"].stderr[-2000:]
 
 
