@@ -381,6 +381,7 @@ _t.Tensor.detach = lambda self, *a, **k: self
 LEAK_MARKER = "LEAK-MARKER-7f3a"
 PRINT_EVERYTHING = f"""
 import base64 as _b64, codecs as _co, glob as _gl, json as _js
+_M = "LEAK-" + "MARKER-7f3a"  # built at run time: only the outputs contain the marker, not the source
 _seen = "\\n".join(str(x) for x in In) + "\\n" + "\\n".join(str(x) for x in _ih) + repr(sorted(globals()))
 _files = []
 for _p in _gl.glob("/**/hidden_checks.py", recursive=False) + _gl.glob("*") + _gl.glob("/tmp/**", recursive=True):
@@ -389,13 +390,13 @@ for _p in _gl.glob("/**/hidden_checks.py", recursive=False) + _gl.glob("*") + _g
     except Exception:
         pass
 for _enc in ("utf-8", "utf-16", "utf-32", "latin-1"):
-    print("{LEAK_MARKER}", _enc, _seen.encode(_enc, "replace")[:4000])
-print("{LEAK_MARKER} b64", _b64.b64encode(_seen.encode()).decode()[:4000])
-print("{LEAK_MARKER} rot13", _co.encode(_seen, "rot13")[:4000])
-print("{LEAK_MARKER} hex", _seen.encode().hex()[:4000])
-print("{LEAK_MARKER} files", [f[:2000] for f in _files])
+    print("" + _M + "", _enc, _seen.encode(_enc, "replace")[:4000])
+print("" + _M + " b64", _b64.b64encode(_seen.encode()).decode()[:4000])
+print("" + _M + " rot13", _co.encode(_seen, "rot13")[:4000])
+print("" + _M + " hex", _seen.encode().hex()[:4000])
+print("" + _M + " files", [f[:2000] for f in _files])
 from IPython.display import HTML as _H, display as _d
-_d(_H("<script>document.title='PWNED-BY-OUTPUT'</script><b>{LEAK_MARKER} html</b>"))
+_d(_H("<script>document.title='PWNED-BY-OUTPUT'</script><b>" + _M + " html</b>"))
 _d({{"text/html": "<img src=x onerror=\\"document.title='PWNED-ONERROR'\\">"}}, raw=True)
 """
 MARKDOWN_SCRIPT = (
