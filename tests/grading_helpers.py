@@ -379,7 +379,7 @@ _t.Tensor.clone = lambda self, *a, **k: self
 _t.Tensor.detach = lambda self, *a, **k: self
 """
 LEAK_MARKER = "LEAK-MARKER-7f3a"
-PRINT_EVERYTHING = f"""
+PRINT_EVERYTHING = """
 import base64 as _b64, codecs as _co, glob as _gl, json as _js
 _M = "LEAK-" + "MARKER-7f3a"  # built at run time: only the outputs contain the marker, not the source
 _seen = "\\n".join(str(x) for x in In) + "\\n" + "\\n".join(str(x) for x in _ih) + repr(sorted(globals()))
@@ -397,7 +397,7 @@ print("" + _M + " hex", _seen.encode().hex()[:4000])
 print("" + _M + " files", [f[:2000] for f in _files])
 from IPython.display import HTML as _H, display as _d
 _d(_H("<script>document.title='PWNED-BY-OUTPUT'</script><b>" + _M + " html</b>"))
-_d({{"text/html": "<img src=x onerror=\\"document.title='PWNED-ONERROR'\\">"}}, raw=True)
+_d({"text/html": "<img src=x onerror=\\"document.title='PWNED-ONERROR'\\">"}, raw=True)
 """
 MARKDOWN_SCRIPT = (
     "My notes <script>document.title='PWNED-BY-MARKDOWN'</script> "
