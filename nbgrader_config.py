@@ -35,11 +35,22 @@ c.CourseDirectory.solution_directory = os.path.join(WORK, "release_solution")
 c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL") or "sqlite:///" + os.path.join(
     WORK, "gradebook.db"
 )
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "README.md", ".*", "hidden_checks.py"]
+# hidden_checks.py (the grader's side of the hidden checks) is never released nor copied next to a submission
+c.CourseDirectory.ignore = [
+    ".ipynb_checkpoints",
+    "*.pyc",
+    "__pycache__",
+    "feedback",
+    "README.md",
+    ".*",
+    "hidden_checks.py",
+]
 c.CourseDirectory.max_file_size = 10_000  # kB; larger extra files are not copied into autograded/
 
 c.Exchange.root = os.environ.get("NBGRADER_EXCHANGE") or os.path.join(WORK, "exchange")
 c.Exchange.path_includes_course = True
+# collect skips malformed entries in inbound/ instead of stopping (course_tools.exchange)
+c.ExchangeFactory.collect = "course_tools.exchange.SafeCollect"
 
 # Student versions: keep cell ids stable, do not execute, no outputs.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
@@ -71,10 +82,14 @@ from nbgrader.preprocessors import (  # noqa: E402
     SaveAutoGrades,
 )
 
+from course_tools.grading import InstrumentHiddenChecks, JudgeHiddenChecks  # noqa: E402
+from course_tools.records import WriteGradingRecord  # noqa: E402
 from course_tools.restore import RestoreDeletedCells  # noqa: E402
 from course_tools.sandbox import SandboxedExecute  # noqa: E402
+from course_tools.validate import RepairSubmission  # noqa: E402
 
 c.Autograde.sanitize_preprocessors = [
+    RepairSubmission,  # duplicate/foreign/edited nbgrader metadata back to the released cells (course_tools.validate)
     ClearOutput,
     DeduplicateIds,
     OverwriteKernelspec,
@@ -83,20 +98,34 @@ c.Autograde.sanitize_preprocessors = [
     CheckCellMetadata,
 ]
 
+# Hidden checks are decided outside the student's kernel (course_tools.grading): the test cells become probes
+# before execution, and after it the grader's verdict replaces every output of each test cell, before
+# SaveAutoGrades scores them.  WriteGradingRecord (last) tells the instructor's report what happened.
 c.Autograde.autograde_preprocessors = [
+    InstrumentHiddenChecks,
     SandboxedExecute,
+    JudgeHiddenChecks,
     IgnorePattern,
     ClearMetadataPreprocessor,
     LimitOutput,
     SaveAutoGrades,
     AssignLatePenalties,
     CheckCellMetadata,
+    WriteGradingRecord,
 ]
 
-# Feedback: hidden tests are NOT shown; see instructors.md ("What the feedback shows").
+# Feedback (course_tools.feedback): only the grader's verdicts of the test cells, no other output of the grading
+# kernel; markdown sanitised and a strict Content-Security-Policy; a score table naming the questions; MathJax 3
+# inlined from node_modules (works offline); long lines wrap.
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
-from course_tools.feedback import HideHiddenTests  # noqa: E402
+from course_tools.feedback import (  # noqa: E402
+    CourseFeedbackExporter,
+    OnlyVerdicts,
+    SanitizeMarkdown,
+    ScoreTable,
+)
 
-c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+c.GenerateFeedback.preprocessors = [GetGrades, OnlyVerdicts, SanitizeMarkdown, ScoreTable, CSSHTMLHeaderPreprocessor]
+c.GenerateFeedback.exporter_class = CourseFeedbackExporter

@@ -20,11 +20,11 @@ every problem.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,15 +49,17 @@ def source_assignments() -> list[str]:
     )
 
 
-def nbgrader(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+def nbgrader(
+    *args: str, check: bool = True, quiet: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m nbgrader ARGS`` in the repository root with this course's configuration."""
     os.makedirs(work_dir(), exist_ok=True)
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     # nbgrader runs `alembic` from PATH: put this interpreter's bin/ first
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "nbgrader", *args]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, errors="backslashreplace")
     if not quiet and res.stdout:
         sys.stdout.write(res.stdout)
     if res.returncode != 0 and check:
@@ -125,8 +127,8 @@ class Problem:
 class Preflight:
     students: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    broken: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names with bad JSON
-    refused: list[str] = field(default_factory=list)  # not graded at all (symlinks)
+    broken: dict[str, list[str]] = field(default_factory=dict)  # student -> notebooks that cannot be graded (0)
+    refused: list[str] = field(default_factory=list)  # not graded at all (symlinks, unsafe student id)
     missing: dict[str, list[str]] = field(default_factory=dict)  # student -> notebook names not submitted
 
 
@@ -140,14 +142,26 @@ def notebooks_of(assignment: str) -> list[str]:
 
 
 def preflight(assignment: str, student: str | None) -> Preflight:
+    """Look at every submission before nbgrader does; nothing here may raise for a student's file."""
+    from course_tools.validate import bad_name, inspect_notebook
+
     pf = Preflight()
     sub = os.path.join(work_dir(), "submitted")
     students = [student] if student else sorted(os.listdir(sub)) if os.path.isdir(sub) else []
     for s in students:
         folder = os.path.join(sub, s, assignment)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or os.path.islink(os.path.join(sub, s)) or os.path.islink(folder):
+            if os.path.islink(folder) or os.path.islink(os.path.join(sub, s)):
+                pf.students.append(s)
+                pf.refused.append(s)
+                pf.problems.append(Problem(s, "the submission folder is a symbolic link; not graded"))
             continue
         pf.students.append(s)
+        why = bad_name(s)
+        if why:
+            pf.refused.append(s)
+            pf.problems.append(Problem(s, f"the student id {why}; not graded -- rename the folder by hand"))
+            continue
         links = []
         for root, dirs, files in os.walk(folder):
             links += [os.path.join(root, n) for n in dirs + files if os.path.islink(os.path.join(root, n))]
@@ -163,31 +177,29 @@ def preflight(assignment: str, student: str | None) -> Preflight:
             continue
         for nb in notebooks_of(assignment):
             path = os.path.join(folder, nb + ".ipynb")
-            if not os.path.exists(path):
+            if not os.path.lexists(path):
                 pf.missing.setdefault(s, []).append(nb)
                 pf.problems.append(Problem(s, f"{nb}.ipynb is missing: graded 0", "WARN"))
                 continue
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    data = json.load(fh)
-                if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
-                    raise ValueError("not a notebook (no 'cells' list)")
-            except (ValueError, UnicodeDecodeError) as exc:
+            ins = inspect_notebook(path, assignment, nb)
+            if ins.fatal:
                 pf.broken.setdefault(s, []).append(nb)
                 pf.problems.append(
-                    Problem(
-                        s,
-                        f"{nb}.ipynb is not a valid notebook ({str(exc)[:80]}): graded 0; "
-                        "ask for a resubmission (the file is kept as submitted)",
-                    )
+                    Problem(s, f"{ins.fatal}: not a valid notebook, graded 0; ask for a resubmission "
+                               "(the file is kept as submitted)")
                 )
-        extra = sorted(
-            set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)}
-            - NBGRADER_FILES
-        )
+            for note in ins.notes:
+                pf.problems.append(Problem(s, f"{nb}.ipynb: {note}", "NOTE"))
+        try:
+            extra = sorted(
+                set(os.listdir(folder)) - {nb + ".ipynb" for nb in notebooks_of(assignment)} - NBGRADER_FILES
+            )
+        except OSError:
+            extra = []
         if extra:
             pf.problems.append(
-                Problem(s, f"extra files ignored by the grader: {', '.join(extra[:5])}", "INFO")
+                Problem(s, f"extra files ignored by the grader (never seen by the kernel): {', '.join(extra[:5])}",
+                        "INFO")
             )
     return pf
 
@@ -212,31 +224,30 @@ def _zero_notebook(assignment: str, student: str, notebook: str) -> None:
 
 
 def cell_problems(assignment: str, student: str) -> list[str]:
-    """Timeouts, kernel deaths and truncated output found in the autograded notebooks."""
+    """What the grading records say happened in this student's notebooks (limits, timeouts, deaths)."""
+    from course_tools.records import read_record
+
     out = []
-    folder = os.path.join(work_dir(), "autograded", student, assignment)
     for nb in notebooks_of(assignment):
-        path = os.path.join(folder, nb + ".ipynb")
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        for i, cell in enumerate(data.get("cells", [])):
-            gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", f"cell {i}")
-            for o in cell.get("outputs", []):
-                if o.get("output_type") == "error" and o.get("ename") in (
-                    "CellTimeoutError",
-                    "KeyboardInterrupt",
-                ):
-                    out.append(f"{nb}/{gid}: timed out (cell timeout), scored 0")
-                elif o.get("output_type") == "error" and o.get("ename") == "KernelDied":
-                    if "earlier cell" not in o.get("evalue", ""):
-                        out.append(
-                            f"{nb}/{gid}: the kernel died here (os._exit/crash/memory); this and later "
-                            "cells scored 0"
-                        )
-                elif "... Output truncated ..." in "".join(o.get("text", "")):
-                    out.append(f"{nb}/{gid}: output flood truncated")
+        rec = read_record(assignment, student, nb) or {}
+        for what in rec.get("limits", []):
+            out.append(f"{nb}: limit reached: {what}; graded on what ran")
+        for gid in rec.get("timeouts", []):
+            out.append(f"{nb}/{gid}: timed out (cell timeout), scored 0")
+        for gid in rec.get("kernel_died", []):
+            if gid not in rec.get("timeouts", []):
+                out.append(f"{nb}/{gid}: the kernel died here (os._exit/crash/limit); this and later cells scored 0")
+            else:
+                out.append(f"{nb}/{gid}: the kernel ignored the interrupt and was killed (kernel died)")
+        for gid in rec.get("interrupted", []):
+            out.append(f"{nb}/{gid}: the student's code raised KeyboardInterrupt itself (not a timeout)")
+        path = os.path.join(work_dir(), "autograded", student, assignment, nb + ".ipynb")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                if "... Output truncated ..." in fh.read():
+                    out.append(f"{nb}: output flood truncated (200 lines per cell)")
+        except OSError:
+            pass
     return sorted(set(out))
 
 
@@ -261,7 +272,8 @@ def cmd_autograde_parallel(assignment: str, jobs: int, force: bool) -> int:
         ensure_registered(a)  # once, before the shards start
     base = [sys.executable, "-m", "course_tools", "autograde", assignment] + ([] if force else ["--no-force"])
     procs = [
-        subprocess.Popen(base + ["--shard", f"{i}/{jobs}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(base + ["--shard", f"{i}/{jobs}"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                         errors="backslashreplace")
         for i in range(jobs)
     ]
     status = 0
@@ -272,69 +284,123 @@ def cmd_autograde_parallel(assignment: str, jobs: int, force: bool) -> int:
     return status
 
 
+def _graded_now(assignment: str, student: str, run: str) -> tuple[bool, str]:
+    """(graded in this run, why not): every notebook has a record of this run with status graded."""
+    from course_tools.records import read_record
+
+    for nb in notebooks_of(assignment):
+        rec = read_record(assignment, student, nb)
+        if rec is None or rec.get("run") != run:
+            return False, "nbgrader did not grade it in this run (see autograde.log)"
+        if rec.get("status") != "graded":
+            return False, rec.get("infrastructure") or f"grading stopped ({rec.get('status')})"
+        if rec.get("author_errors"):
+            return False, f"the hidden checks failed on {', '.join(rec['author_errors'])} (grader error)"
+    return True, ""
+
+
+def _up_to_date(assignment: str, student: str) -> bool:
+    """Already graded from exactly the submission that is there now (for --no-force)."""
+    from course_tools.records import read_record, submission_hash
+
+    for nb in notebooks_of(assignment):
+        rec = read_record(assignment, student, nb)
+        if not rec or rec.get("status") != "graded" or rec.get("author_errors"):
+            return False
+        if rec.get("submission") != submission_hash(assignment, student, nb):
+            return False
+    return True
+
+
+def _run_nbgrader(assignment: str, students: list[str], run: str, factor: int = 1) -> str:
+    """nbgrader autograde for exactly these students: nbgrader reads them through a folder of links to their
+    submissions, so folders it must not see (names it cannot parse, refused submissions) cannot stop its batch."""
+    import shutil
+    import tempfile
+
+    view = tempfile.mkdtemp(prefix=".grading-view-", dir=work_dir())
+    try:
+        for s in students:
+            os.symlink(os.path.join(work_dir(), "submitted", s), os.path.join(view, s))
+        args = ["autograde", assignment, "--force", f"--CourseDirectory.submitted_directory={view}"]
+        env = {"COURSE_GRADING_RUN": run, "COURSE_RETRY_FACTOR": str(factor)}
+        res = nbgrader(*args, check=False, quiet=True, env=env)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
+    return res.stdout + res.stderr
+
+
 def cmd_autograde(assignment: str, student: str | None, force: bool = True, shard: str | None = None) -> int:
+    from course_tools.validate import escape
+
     assignments = source_assignments() if assignment in (None, "all") else [assignment]
     status = 0
     for a in assignments:
         t0 = time.time()
         pf = preflight(a, student)
-        excluded: list[str] = []
         if shard:
             k, n = (int(x) for x in shard.split("/"))
             mine = pf.students[k::n]
-            excluded = [s for s in pf.students if s not in mine]
             pf.problems = [p for p in pf.problems if p.student in mine]
             pf.students = mine
         if not pf.students:
-            print(f"{a}: no submissions in {os.path.join(work_dir(), 'submitted')}")
+            print(f"{a}: no submissions in {escape(os.path.join(work_dir(), 'submitted'))}")
             continue
         ensure_registered(a)
-        args = ["autograde", a] + (["--force"] if force else [])
-        if student:
-            args += ["--student", student]
-        if pf.refused or excluded:
-            args += ["--CourseDirectory.student_id_exclude=" + ",".join(pf.refused + excluded)]
+        run = uuid.uuid4().hex
+        fatal = set(pf.refused) | set(pf.broken) | set(pf.missing)
+        unchanged = [] if force else [s for s in pf.students if s not in fatal and _up_to_date(a, s)]
+        todo = [s for s in pf.students if s not in fatal and s not in unchanged]
         log = ""
-        if pf.students and not (student and student in pf.refused):
-            res = nbgrader(*args, check=False, quiet=True)
-            log = res.stdout + res.stderr
+        if todo:
+            log += _run_nbgrader(a, todo, run)
+        # a student whose grading failed (an exception, an aborted batch, the machine too busy) gets one more try
+        # alone, with every time budget tripled; what still fails is reported, never shown with an old grade
+        retry = [s for s in todo if not _graded_now(a, s, run)[0]]
+        for s in retry:
+            log += _run_nbgrader(a, [s], run, factor=3)
         for s, nbs in list(pf.broken.items()) + list(pf.missing.items()):
+            if s in pf.refused:
+                continue
             for nb in nbs:
                 _zero_notebook(a, s, nb)
-        failed = {
-            line.split("for student '")[1].split("'")[0]
-            for line in log.splitlines()
-            if "There was an error processing assignment" in line and "for student '" in line
-        }
         table = scores(a)
+        not_graded = []
         print(f"== {a}: {len(pf.students)} submission(s) in {time.time() - t0:.1f} s ==")
         for s in pf.students:
+            name = escape(s)
             notes = [p for p in pf.problems if p.student == s]
-            serious = [p for p in notes if p.level != "INFO"]
+            serious = [p for p in notes if p.level in ("ERROR", "WARN")]
+            ok, why = (True, "") if s in fatal or s in unchanged else _graded_now(a, s, run)
             if s in pf.refused:
-                line = f"  REFUSED {s}"
+                line = f"  REFUSED {name}"
+                not_graded.append(s)
+            elif not ok:
+                line = f"  NEEDS-REGRADING {name}: not graded ({escape(why)}); any grade shown elsewhere is stale"
+                not_graded.append(s)
             elif s in table:
                 sc, mx, manual = table[s]
-                tag = "OK" if not serious and s not in failed else "CHECK"
-                line = f"  {tag:7s} {s}: {sc:g}/{mx:g} autograded" + (
+                tag = "OK" if not serious else "CHECK"
+                line = f"  {tag:7s} {name}: {sc:g}/{mx:g} autograded" + (
                     " (+ manual grading pending)" if manual else ""
-                )
+                ) + (" (unchanged since the last grading)" if s in unchanged else "")
             else:
-                line = f"  ERROR   {s}: not in the gradebook"
+                line = f"  ERROR   {name}: not in the gradebook"
+                not_graded.append(s)
             print(line)
             for p in notes:
-                print(f"      {p.level}: {p.message}")
-            if s in failed and s not in pf.broken and s not in pf.missing:
-                print(
-                    "      ERROR: nbgrader could not process this submission; see "
-                    + os.path.join(work_dir(), "autograde.log")
-                )
-            if s in table:
+                print(f"      {p.level}: {escape(p.message)}")
+            if s in retry and ok:
+                print("      NOTE: graded on the second try (longer time budget; the first failed: machine busy?)")
+            if ok and s not in pf.refused:
                 for msg in cell_problems(a, s):
-                    print(f"      NOTE: {msg}")
-        if failed - set(pf.broken) - set(pf.missing) or pf.refused:
+                    print(f"      NOTE: {escape(msg)}")
+        graded = len(pf.students) - len(not_graded)
+        print(f"   summary: {graded} graded, {len(not_graded)} not graded"
+              + (f" ({', '.join(escape(s) for s in not_graded[:10])})" if not_graded else ""))
+        if not_graded:
             status = 1
-        with open(os.path.join(work_dir(), "autograde.log"), "a", encoding="utf-8") as fh:
+        with open(os.path.join(work_dir(), "autograde.log"), "a", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(log)
     return status
 
@@ -354,24 +420,15 @@ def cmd_feedback(assignment: str, student: str | None) -> None:
 
 
 def cmd_collect(assignment: str, student: str | None) -> int:
-    """nbgrader collect, after refusing symbolic links in the exchange (collect would copy their targets)."""
+    """nbgrader collect through course_tools.exchange.SafeCollect: malformed entries in inbound/ (junk files,
+    bad names, symbolic links) are skipped with a message instead of stopping the collect."""
+    from course_tools.validate import escape
+
     inbound = os.path.join(
         os.environ.get("NBGRADER_EXCHANGE") or os.path.join(work_dir(), "exchange"), course_id(), "inbound"
     )
-    links = []
-    for root, dirs, files in os.walk(inbound):
-        if f"+{assignment}+" not in root:
-            continue
-        links += [os.path.join(root, n) for n in dirs + files if os.path.islink(os.path.join(root, n))]
-    if links:
-        print(
-            "REFUSED: symbolic links in the exchange; collect would copy what they point to with your rights:"
-        )
-        for link in links:
-            print(f"  {link} -> {os.readlink(link)}")
-        print("Remove these links (they are not the student's files) and collect again.")
-        return 1
-    res = nbgrader("collect", assignment, *(["--student", student] if student else []), "--update", quiet=True)
+    res = nbgrader("collect", assignment, *(["--student", student] if student else []), "--update", quiet=True,
+                   check=False)
     # nbgrader reports on stderr (its log); show the instructor one line per student
     log = res.stderr.splitlines()
     n = 0
@@ -383,17 +440,23 @@ def cmd_collect(assignment: str, student: str | None) -> int:
         ):
             if key in line:
                 s, a = line.split(key, 1)[1].split()[:2]
-                print(f"{verb:32s} {s}/{a}")
+                print(f"{verb:32s} {escape(s)}/{escape(a)}")
                 n += 1
+        if "Skipping malformed inbound entry: " in line:
+            print(f"  SKIPPED: {escape(line.split('Skipping malformed inbound entry: ', 1)[1])} -- remove it by hand")
     if n == 0:
-        print(f"no submissions of {assignment} in {inbound}")
+        print(f"no submissions of {assignment} in {escape(inbound)}")
     for line in log:
         if " claims to be submitted by " in line and " but is owned by " in line:
             claimed, owner = line.split(" claims to be submitted by ", 1)[1].split(" but is owned by ", 1)
             print(
-                f"  NOTE: {claimed}'s submission belongs to the Unix user {owner.split(';')[0]} (normal when "
-                "every student server runs as one user, e.g. jovyan; see instructors.md, 'Students')"
+                f"  NOTE: {escape(claimed)}'s submission belongs to the Unix user {escape(owner.split(';')[0])} "
+                "(normal when every student server runs as one user, e.g. jovyan; see instructors.md, 'Students')"
             )
+    if res.returncode != 0:
+        sys.stdout.write(res.stderr[-3000:])
+        print("collect failed")
+        return 1
     return 0
 
 
@@ -405,6 +468,19 @@ def cmd_status() -> None:
     print(f"gradebook:                   {db_url()}")
     print(f"assignments in solutions/:   {', '.join(source_assignments())}")
     print(f"sandbox (bwrap) usable:      {bwrap_available()}")
+    from course_tools.sandbox import SandboxKernelManager, _cgroup_roots
+
+    km = SandboxKernelManager()
+    try:
+        user = km.sandbox_user if os.geteuid() == 0 else "the grader's own (in a user namespace)"
+        cg = ", ".join(sorted(_cgroup_roots())) or "none (memory: address-space limit only)"
+        print(f"kernel user:                 {user}")
+        print(f"limits:                      memory {km.memory_limit_mb} MiB incl. /tmp (cgroup: {cg}), "
+              f"/tmp {km.tmp_size_mb} MiB, {km.max_processes} processes")
+    finally:
+        import shutil
+
+        shutil.rmtree(km._private_dir, ignore_errors=True)
     if os.path.exists(os.path.join(work_dir(), "gradebook.db")) or not db_url().startswith("sqlite"):
         try:
             for a in source_assignments():
@@ -444,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     ps.add_argument("dest")
     ps.add_argument("--force", action="store_true")
     ns = p.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a student's file name must not crash the report
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if ns.cmd == "generate":
         cmd_generate(ns.assignments, ns.release_dir)
     elif ns.cmd == "release":

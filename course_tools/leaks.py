@@ -82,8 +82,42 @@ def leak_patterns(
                     n = _norm(line)
                     if len(n) >= MIN_LEN and n not in allowed and not n.startswith("#"):
                         patterns.add(n)
+    if hidden_tests:
+        patterns |= set(hidden_check_patterns(solutions_dir))
     markers = MARKERS if solutions else [m for m in MARKERS if "SOLUTION" not in m]
     return markers + sorted(patterns)
+
+
+def hidden_check_patterns(solutions_dir: str | None = None) -> list[str]:
+    """Distinctive code lines of every ``solutions/<assignment>/hidden_checks.py`` (the grader's side of the
+    hidden checks: inputs, references, comparisons).  Imports, comments, docstrings and message-only lines are
+    left out (a check's docstring is its label and its messages are shown to students on purpose)."""
+    solutions_dir = solutions_dir or os.path.join(REPO, "solutions")
+    out: set[str] = set()
+    quotes = ('"' * 3, "'" * 3)
+    for root, _dirs, files in os.walk(solutions_dir):
+        if "hidden_checks.py" not in files:
+            continue
+        with open(os.path.join(root, "hidden_checks.py"), encoding="utf-8") as fh:
+            in_doc = False
+            for line in fh:
+                n = _norm(line)
+                starts_doc = n.startswith(quotes)
+                if starts_doc or in_doc:
+                    closed = (n.count(quotes[0]) + n.count(quotes[1])) >= (2 if starts_doc and not in_doc else 1)
+                    in_doc = not closed if (starts_doc and not in_doc) else not closed
+                    continue
+                if len(n) < MIN_LEN or n.startswith(("#", "import ", "from ", '"', "'")):
+                    continue
+                out.add(n)
+    # lines that students may legitimately have (the same code in a solution or a student version)
+    visible = set()
+    for root, _dirs, files in os.walk(solutions_dir):
+        for f in files:
+            if f.endswith(".ipynb"):
+                for c in _cells(os.path.join(root, f)):
+                    visible |= {_norm(x) for x in "".join(c.get("source", "")).splitlines()}
+    return sorted(out - visible)
 
 
 def _text_of(path: str) -> str:

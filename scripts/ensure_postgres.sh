@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Print the directory holding PostgreSQL's server binaries (initdb, pg_ctl, postgres); install Debian's
-# `postgresql` package with apt-get when none is found.  Used by tests/test_grading_postgres.py:
+# `postgresql` package with apt-get when none is found.  Used by tests/test_grading.py:
 #   PG_BIN=$(scripts/ensure_postgres.sh)
 set -euo pipefail
 

@@ -55,7 +55,9 @@ def titles(source: str) -> list[str]:
 
 
 def has_image(cell) -> bool:
-    return any("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {}) for o in cell.get("outputs", []))
+    return any(
+        "image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {}) for o in cell.get("outputs", [])
+    )
 
 
 def process(path: Path, check: bool) -> list[str]:

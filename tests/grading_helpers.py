@@ -9,6 +9,7 @@ answer cell, up to the next answer cell, test that answer).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -20,13 +21,13 @@ from dataclasses import dataclass, field
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
 
 def assignments() -> list[str]:
     src = os.path.join(REPO, "solutions")
-    return sorted(
-        d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_"))
-    )
+    return sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)) and not d.startswith((".", "_")))
 
 
 def notebooks(assignment: str) -> list[str]:
@@ -170,7 +171,14 @@ flowlib.Flow.sample = lambda self, n: torch.zeros(n, 1)
 
 
 def exfiltration_code(
-    assignment: str, nb_name: str, me: str, victim: str, work: str, gradebook_port: int | None = None
+    assignment: str,
+    nb_name: str,
+    me: str,
+    victim: str,
+    work: str,
+    gradebook_port: int | None = None,
+    other_clone: str | None = None,
+    exchange: str | None = None,
 ) -> str:
     """Code that tries to read/write everything it must not, and prints a JSON report (one line)."""
     sol = os.path.join(REPO, "solutions", assignment, nb_name)
@@ -209,11 +217,33 @@ _try("network_gradebook", lambda: _socket.create_connection(("127.0.0.1", {port}
 _try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in {secret_words!r})] or 1 / 0)
 _try("plant_symlink_to_gradebook", lambda: _os.symlink({gradebook!r}, {nb_name!r} + ".tmp"))
 _try("overwrite_own_notebook", lambda: open({nb_name!r}, "w").write("garbage"))
+_try("read_shadow", lambda: open("/etc/shadow").read()[:10])
+_try("runs_as_root", lambda: 1 / (_os.getuid() == 0))
+_try("other_clone_solutions", lambda: _os.listdir({os.path.join(other_clone or "/nonexistent-clone", "solutions")!r}))
+_try("exchange", lambda: _os.listdir({exchange or os.path.join(work, "exchange")!r}))
+def _find_checks():
+    found = []
+    for root, dirs, files in _os.walk("/"):
+        dirs[:] = [d for d in dirs if _os.path.join(root, d) not in ("/usr", "/proc", "/dev", "/sys")
+                   and "site-packages" not in d and "python3" not in d]
+        found += [_os.path.join(root, f) for f in files if f == "hidden_checks.py"]
+    return found or 1 / 0
+_try("hidden_checks_anywhere", _find_checks)
+_exposed = ("flowlib", "course_tools", "pyproject.toml", ".venv")
+_try("list_repo_root", lambda: [n for n in _os.listdir({REPO!r}) if n not in _exposed] or 1 / 0)
+_try("write_tmp_big", lambda: open("/tmp/big", "wb").write(b"x" * (200 * 2**20)))
 print("SANDBOX-REPORT " + _json.dumps(_report))
 """
 
 
 MUST_BE_DENIED = [
+    "read_shadow",
+    "runs_as_root",
+    "other_clone_solutions",
+    "exchange",
+    "hidden_checks_anywhere",
+    "list_repo_root",
+    "write_tmp_big",
     "read_solution",
     "read_solution_relative",
     "list_solutions",
@@ -238,8 +268,9 @@ class Case:
     student: str
     description: str
     files: dict[str, object]  # relative path -> notebook dict | str | bytes | ("symlink", target)
-    expected: float | None  # code points in the gradebook; None = not graded at all (refused)
+    expected: float | None  # code points in the gradebook; None = not graded (refused, needs regrading)
     message: str = ""  # a substring the instructor must see in the CLI output for this student
+    same_as: str | None = None  # the grade must equal this student's (the same wrong answers without the trick)
 
 
 def write_submission(work: str, assignment: str, case: Case) -> None:
@@ -290,116 +321,448 @@ def benign_cases(assignment: str) -> list[Case]:
     return cases
 
 
-def hostile_cases(
-    assignment: str, work: str, victim: str = "good", gradebook_port: int | None = None
-) -> list[Case]:
+# --------------------------------------------------------------------------------------------- attacks
+# Each returns code for an answer cell: the (wrong) answer plus the trick.  A wrong answer must get 0 for that
+# question whatever the trick does to its own process.
+DISPLAYHOOK = """
+import sys as _s
+_s.displayhook("ok")
+def _fake_ok(*a, **k):
+    _s.displayhook("ok")
+get_ipython().events.register("post_run_cell", lambda *a: _fake_ok())
+"""
+FRAME_GLOBALS = """
+import sys as _s
+def _poison_callers():
+    # the grader's helpers, if they were in the caller's globals (they were, when hidden tests ran in the kernel)
+    for depth in (2, 3):
+        try:
+            g = _s._getframe(depth).f_globals
+        except ValueError:
+            break
+        for k, v in list(g.items()):
+            if callable(v) and not isinstance(v, type) and k.startswith(("_", "expect", "close", "check")):
+                g[k] = lambda *a, **kw: True
+"""
+SETTRACE = """
+import sys as _s
+def _tracer(frame, event, arg):
+    if event == "return" and frame.f_code.co_name.startswith(("_", "run", "_one", "_encode")):
+        frame.f_locals.clear() if hasattr(frame.f_locals, "clear") else None
+    return _tracer
+_s.settrace(_tracer)
+"""
+BUILTINS = """
+zip = lambda *a, **k: iter([])
+all = lambda *a, **k: True
+sum = lambda *a, **k: 0.0
+len = lambda *a, **k: 0
+"""
+TRANSFORMER = """
+def _blank(lines):
+    return ["pass\\n"] if any("probe" in l or "check(" in l for l in lines) else lines
+get_ipython().input_transformers_post.append(_blank)
+"""
+FAKE_MATH = """
+import sys as _s, types as _ty, math as _real
+_fake = _ty.ModuleType("math")
+for _k in dir(_real):
+    setattr(_fake, _k, getattr(_real, _k))
+_fake.isclose = lambda *a, **k: True
+_fake.isfinite = lambda *a, **k: True
+_s.modules["math"] = _fake
+math = _fake
+"""
+CLONE_PATCH = """
+import torch as _t
+_t.Tensor.clone = lambda self, *a, **k: self
+_t.Tensor.detach = lambda self, *a, **k: self
+"""
+LEAK_MARKER = "LEAK-MARKER-7f3a"
+PRINT_EVERYTHING = """
+import base64 as _b64, codecs as _co, glob as _gl, json as _js
+_M = "LEAK-" + "MARKER-7f3a"  # built at run time: only the outputs contain the marker, not the source
+_seen = "\\n".join(str(x) for x in In) + "\\n" + "\\n".join(str(x) for x in _ih) + repr(sorted(globals()))
+_files = []
+for _p in _gl.glob("/**/hidden_checks.py", recursive=False) + _gl.glob("*") + _gl.glob("/tmp/**", recursive=True):
+    try:
+        _files.append(open(_p, "rb").read()[:20000])
+    except Exception:
+        pass
+for _enc in ("utf-8", "utf-16", "utf-32", "latin-1"):
+    print("" + _M + "", _enc, _seen.encode(_enc, "replace")[:4000])
+print("" + _M + " b64", _b64.b64encode(_seen.encode()).decode()[:4000])
+print("" + _M + " rot13", _co.encode(_seen, "rot13")[:4000])
+print("" + _M + " hex", _seen.encode().hex()[:4000])
+print("" + _M + " files", [f[:2000] for f in _files])
+from IPython.display import HTML as _H, display as _d
+_d(_H("<script>document.title='PWNED-BY-OUTPUT'</script><b>" + _M + " html</b>"))
+_d({"text/html": "<img src=x onerror=\\"document.title='PWNED-ONERROR'\\">"}, raw=True)
+"""
+MARKDOWN_SCRIPT = (
+    "My notes <script>document.title='PWNED-BY-MARKDOWN'</script> "
+    "<img src=x onerror=\"document.title='PWNED-IMG'\"> [click](javascript:alert(1))\n\n"
+    r"The integral $\int_0^1 x\,dx = \frac{1}{2}$ renders."
+)
+SHADOW_LAUNCHER = """# a fake kernel launcher: prints 'ok' for every cell
+import sys
+print("shadowed")
+raise SystemExit(0)
+"""
+SHADOW_TORCH = "raise ImportError('a student file named torch.py was imported')\n"
+INTERRUPT_SELF = "raise KeyboardInterrupt('my own interrupt')\n"
+
+
+def _wrong_all(assignment: str, nb_name: str, extra_first: str = "", extra_each: str = "") -> dict:
+    lay = layout(assignment, nb_name)
+    sol = lay.solution_src
+    answers = {}
+    for i, a in enumerate(lay.answers):
+        code = wrong_answer(sol[a])
+        if extra_each:
+            code = extra_each + "\n" + code
+        if i == 0 and extra_first:
+            code = extra_first + "\n" + code
+        answers[a] = code
+    return solved(assignment, nb_name, answers)
+
+
+def _with_poisoning_wrapper(solution_code: str, poison: str) -> str:
+    """The wrong answer, whose function runs `poison` after computing its result (e.g. patching its caller's
+    globals, or overwriting its inputs in place so that a check computing its reference afterwards agrees)."""
+    name = function_name(solution_code)
+    return (
+        wrong_answer(solution_code)
+        + f"""
+_inner_{name} = {name}
+def {name}(*args, **kwargs):
+    _out = _inner_{name}(*args, **kwargs)
+    {poison}
+    return _out
+"""
+    )
+
+
+def attack_cases(assignment: str) -> list[Case]:
+    """The issue's attack classes, generated for this assignment: each must get exactly what it deserves."""
     (nb_name,) = notebooks(assignment)[:1]
     lay = layout(assignment, nb_name)
-    first, last = lay.answers[0], lay.answers[-1]
     sol = lay.solution_src
     total = lay.total
+    blank = student_version(assignment, nb_name)
 
-    loop = solved(assignment, nb_name, {first: "while True:\n    pass\n\n" + sol[first]})
-
-    edited = solved(assignment, nb_name, {last: wrong_answer(sol[last])})
-    tests = [c for c in edited["cells"] if is_test(c)]
-    edited["cells"].remove(tests[0])
-    for c in tests[1:]:
-        c["source"] = "pass  # the tests were edited away"
-
-    rebind = solved(assignment, nb_name, {a: wrong_answer(sol[a]) for a in lay.answers})
-    for c in rebind["cells"]:
-        if nbg(c).get("grade_id") == first:
-            c["source"] = REBIND + "\n" + src(c)
-
-    exfil = solved(
+    frames = solved(
+        assignment,
+        nb_name,
+        {a: FRAME_GLOBALS + _with_poisoning_wrapper(sol[a], "_poison_callers()") for a in lay.answers},
+    )
+    inplace = solved(
         assignment,
         nb_name,
         {
-            first: sol[first]
-            + "\n"
-            + exfiltration_code(assignment, nb_name, "exfil", victim, work, gradebook_port)
+            a: CLONE_PATCH
+            + _with_poisoning_wrapper(
+                sol[a],
+                "[x.mul_(0) for x in args if hasattr(x, 'mul_') and getattr(x, 'is_floating_point', lambda: 0)()]",
+            )
+            for a in lay.answers
         },
     )
-    flood = solved(
-        assignment, nb_name, {first: sol[first] + "\nfor _i in range(200_000):\n    print('flood', _i)\n"}
+    dup = solved(assignment, nb_name)
+    test_cells = [c for c in dup["cells"] if is_test(c)]
+    dup["cells"].insert(0, copy.deepcopy(test_cells[0]))  # a copy-pasted test cell, above everything
+    dup["cells"].append(copy.deepcopy(test_cells[-1]))
+    schema = solved(assignment, nb_name)
+    for c in schema["cells"]:
+        if is_test(c):
+            c["metadata"]["nbgrader"]["schema_version"] = 4
+            break
+    foreign = solved(assignment, nb_name)
+    foreign["cells"].append(
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "foreign-1",
+            "outputs": [],
+            "source": "x = 1",
+            "metadata": {
+                "nbgrader": {
+                    "grade": True,
+                    "grade_id": "not_in_this_assignment",
+                    "points": 100,
+                    "schema_version": 3,
+                    "solution": False,
+                    "locked": False,
+                    "task": False,
+                }
+            },
+        }
     )
-    exits = solved(assignment, nb_name, {last: "import os\nos._exit(1)\n" + sol[last]})
-    # asks for 64 GiB: the kernel's address-space limit turns it into a MemoryError in this cell only
-    bomb = solved(assignment, nb_name, {first: "_hog = bytearray(64 * 2**30)\n" + sol[first]})
-    good_text = json.dumps(solved(assignment, nb_name), indent=1)
+    foreign["cells"].append({"cell_type": "weird", "metadata": {}, "source": "?"})
+    nested = "[" * 100_000 + "]" * 100_000
+    leaky = solved(assignment, nb_name)
+    leaky["cells"].append(
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "leak-1",
+            "metadata": {},
+            "outputs": [],
+            "source": PRINT_EVERYTHING,
+        }
+    )
+    leaky["cells"].append({"cell_type": "markdown", "id": "leak-2", "metadata": {}, "source": MARKDOWN_SCRIPT})
     return [
         Case(
-            "loop",
+            "a_wrong",
+            "every answer wrong (shifted by 0.5), no trick: the baseline of the cases below",
+            {nb_name: _wrong_all(assignment, nb_name)},
+            None,
+        ),
+        Case(
+            "a_displayhook",
+            "wrong answers + sys.displayhook('ok') after every cell",
+            {nb_name: _wrong_all(assignment, nb_name, extra_first=DISPLAYHOOK)},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_frames",
+            "wrong answers that poison their caller's globals through sys._getframe",
+            {nb_name: frames},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_settrace",
+            "wrong answers + sys.settrace that clears callers' locals",
+            {nb_name: _wrong_all(assignment, nb_name, extra_first=SETTRACE)},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_builtins",
+            "wrong answers + zip/all/sum/len rebound at the notebook's top level",
+            {nb_name: _wrong_all(assignment, nb_name, extra_first=BUILTINS)},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_transformer",
+            "wrong answers + an IPython input transformer that blanks test cells",
+            {nb_name: _wrong_all(assignment, nb_name, extra_first=TRANSFORMER)},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_math",
+            "wrong answers + a replaced math module",
+            {nb_name: _wrong_all(assignment, nb_name, extra_first=FAKE_MATH)},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_inplace",
+            "wrong answers + Tensor.clone patched, inputs zeroed in place",
+            {nb_name: inplace},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_rebind",
+            "wrong answers + torch.allclose, numpy.testing, math.isclose, check, flowlib rebound",
+            {nb_name: _wrong_all(assignment, nb_name, extra_first=REBIND)},
+            None,
+            same_as="a_wrong",
+        ),
+        Case(
+            "a_shadow",
+            "untouched notebook + ipykernel_launcher.py and torch.py in the submission",
+            {nb_name: blank, "ipykernel_launcher.py": SHADOW_LAUNCHER, "torch.py": SHADOW_TORCH},
+            0.0,
+            "extra files ignored",
+        ),
+        Case(
+            "a_shadow_solved",
+            "the solution + a torch.py that would break the kernel if it were imported",
+            {nb_name: solved(assignment, nb_name), "torch.py": SHADOW_TORCH, "course_tools.py": SHADOW_TORCH},
+            total,
+            "extra files ignored",
+        ),
+        Case(
+            "a_duplicate",
+            "the solution + copy-pasted test cells (duplicate grade_ids)",
+            {nb_name: dup},
+            total,
+            "duplicate grade_id",
+        ),
+        Case(
+            "a_schema", "the solution with a test cell's schema_version 4", {nb_name: schema}, total, "schema_version"
+        ),
+        Case(
+            "a_foreign",
+            "the solution + a cell with a foreign grade_id and a cell of an unknown type",
+            {nb_name: foreign},
+            total,
+            "not in the assignment",
+        ),
+        Case(
+            "a_directory", "a directory named like the notebook", {nb_name + "/inner.txt": "x"}, 0.0, "is a directory"
+        ),
+        Case("a_nested", "deeply nested JSON", {nb_name: nested}, 0.0, "nested"),
+        Case(
+            "a_leak",
+            "the solution + a cell printing In, _ih, globals, files in several encodings, HTML with "
+            "<script>, and a markdown cell with <script>",
+            {nb_name: leaky},
+            total,
+        ),
+    ]
+
+
+def limit_cases(
+    assignment: str, work: str, victim: str = "good", other_clone: str | None = None, exchange: str | None = None
+) -> list[Case]:
+    """Loops, crashes, floods and resource limits: on one assignment (they cost wall time, not coverage)."""
+    (nb_name,) = notebooks(assignment)[:1]
+    lay = layout(assignment, nb_name)
+    sol = lay.solution_src
+    total = lay.total
+    first, last = lay.answers[0], lay.answers[-1]
+    second = lay.answers[1] if len(lay.answers) > 1 else last
+    sleepy = solved(
+        assignment,
+        nb_name,
+        {
+            first: "import time\ntime.sleep(LIMIT_SLEEP)\n" + sol[first],
+            second: "import time\ntime.sleep(LIMIT_SLEEP)\n" + sol[second],
+        },
+    )
+    for c in sleepy["cells"]:
+        c["source"] = src(c).replace("LIMIT_SLEEP", str(SLEEP_S))
+    hog_tmp = (
+        "\ntry:\n    open('/tmp/fill', 'wb').write(b'x' * (200 * 2**20))\nexcept OSError as e:\n    print('disk', e)\n"
+    )
+    oom = "\n_x = bytearray(2600 * 2**20)\n_x[::4096] = b'\\x01' * len(range(0, len(_x), 4096))\n"
+    threads = (
+        "\nimport threading, time\n_ts = []\nfor _i in range(300):\n"
+        "    _t = threading.Thread(target=time.sleep, args=(30,), daemon=True)\n    _t.start()\n    _ts.append(_t)\n"
+    )
+    return [
+        Case(
+            "l_loop",
             "infinite loop in the first answer",
-            {nb_name: loop},
+            {nb_name: solved(assignment, nb_name, {first: "while True:\n    pass\n\n" + sol[first]})},
             total - lay.points(first),
             "timed out",
         ),
         Case(
-            "edited",
-            "a test cell deleted, the others edited to `pass`, last answer wrong",
-            {nb_name: edited},
-            total - lay.points(last),
-        ),
-        Case(
-            "rebind",
-            "all answers wrong; torch.allclose, numpy.testing, math.isclose, check, flowlib rebound",
-            {nb_name: rebind},
-            0.0,
-        ),
-        Case(
-            "exfil", "reads solutions/gradebook/.git, writes other students' files", {nb_name: exfil}, total
-        ),
-        Case("flood", "prints 200 000 lines", {nb_name: flood}, total, "output flood truncated"),
-        Case(
-            "exits",
-            "os._exit(1) in the last answer",
-            {nb_name: exits},
-            total - lay.points(last),
-            "kernel died",
-        ),
-        Case(
-            "memory",
-            "allocates 64 GiB in the first answer",
-            {nb_name: bomb},
-            total - lay.points(first),
-        ),
-        Case(
-            "sigint",
+            "l_sigint",
             "infinite loop that ignores the interrupt, in the last answer",
             {nb_name: solved(assignment, nb_name, {last: IGNORE_SIGINT_LOOP + sol[last]})},
             total - lay.points(last),
+            "kernel",
+        ),
+        Case(
+            "l_exits",
+            "os._exit(1) in the last answer",
+            {nb_name: solved(assignment, nb_name, {last: "import os\nos._exit(1)\n" + sol[last]})},
+            total - lay.points(last),
             "kernel died",
         ),
         Case(
-            "corrupt",
+            "l_interrupt",
+            "raises KeyboardInterrupt itself in the first answer",
+            {nb_name: solved(assignment, nb_name, {first: INTERRUPT_SELF + sol[first]})},
+            total - lay.points(first),
+            "KeyboardInterrupt itself (not a timeout)",
+        ),
+        Case(
+            "l_flood",
+            "prints 200 000 lines",
+            {
+                nb_name: solved(
+                    assignment, nb_name, {first: sol[first] + "\nfor _i in range(200_000):\n    print('flood', _i)\n"}
+                )
+            },
+            total,
+            "limit reached: output",
+        ),
+        Case(
+            "l_memory",
+            "asks for 64 GiB in the first answer (address-space limit)",
+            {nb_name: solved(assignment, nb_name, {first: "_hog = bytearray(64 * 2**30)\n" + sol[first]})},
+            total - lay.points(first),
+        ),
+        Case(
+            "l_oom",
+            "fills 2.6 GiB of memory after the last answer (memory limit)",
+            {nb_name: solved(assignment, nb_name, {last: sol[last] + oom})},
+            total - lay.points(last),
+            "memory",
+        ),
+        Case(
+            "l_disk",
+            "writes 200 MiB to /tmp (tmpfs size)",
+            {nb_name: solved(assignment, nb_name, {first: sol[first] + hog_tmp})},
+            total,
+        ),
+        Case(
+            "l_threads",
+            "starts 300 threads (process limit)",
+            {nb_name: solved(assignment, nb_name, {first: sol[first] + threads})},
+            total,
+            "processes",
+        ),
+        Case(
+            "l_total",
+            f"sleeps {SLEEP_S} s in each of the first two answers (total time limit)",
+            {nb_name: sleepy},
+            lay.points(first),
+            "total time",
+        ),
+        Case(
+            "l_exfil",
+            "reads solutions, gradebook, /etc/shadow, another clone; writes other students' files",
+            {
+                nb_name: solved(
+                    assignment,
+                    nb_name,
+                    {
+                        first: sol[first]
+                        + "\n"
+                        + exfiltration_code(
+                            assignment, nb_name, "l_exfil", victim, work, other_clone=other_clone, exchange=exchange
+                        )
+                    },
+                )
+            },
+            total,
+        ),
+        Case(
+            "l_ctrl\x1b[31m\nname",
+            "a student id with control characters and a newline",
+            {nb_name: solved(assignment, nb_name)},
+            None,
+            "REFUSED",
+        ),
+        Case(
+            os.fsdecode(b"l_bad\xffname"),
+            "a student id that is not UTF-8",
+            {nb_name: solved(assignment, nb_name)},
+            None,
+            "REFUSED",
+        ),
+        Case(
+            "l_corrupt",
             "notebook JSON cut in half",
-            {nb_name: good_text[: len(good_text) // 2]},
+            {nb_name: json.dumps(solved(assignment, nb_name))[:5000]},
             0.0,
             "not a valid notebook",
         ),
+        Case("l_missing", "no notebook, only a stray file", {"notes.txt": "I forgot to upload it"}, 0.0, "missing"),
         Case(
-            "missing",
-            "no notebook, only a stray file",
-            {"notes.txt": "I forgot to upload it"},
-            0.0,
-            "missing",
-        ),
-        Case(
-            "extra",
-            "the solution plus extra files",
-            {
-                nb_name: solved(assignment, nb_name),
-                "data.csv": "a,b\n1,2\n",
-                "lib/helper.py": "X = 1\n",
-                "blob.bin": os.urandom(4096),
-            },
-            total,
-            "extra files",
-        ),
-        Case(
-            "symlink",
+            "l_symlink",
             "a file that is a symbolic link to the solutions",
             {
                 nb_name: solved(assignment, nb_name),
@@ -408,7 +771,44 @@ def hostile_cases(
             None,
             "REFUSED",
         ),
+        Case(
+            "l_infra",
+            "the machine is too busy for the setup cell on the first try (injected)",
+            {nb_name: solved(assignment, nb_name)},
+            total,
+            "second try",
+        ),
+        Case(
+            "l_infra_always",
+            "the setup cell never finishes in time (injected)",
+            {nb_name: solved(assignment, nb_name)},
+            None,
+            "NEEDS-REGRADING",
+        ),
     ]
+
+
+CELL_TIMEOUT_S = 30  # COURSE_CELL_TIMEOUT in the tests
+TOTAL_TIMEOUT_S = 50  # COURSE_TOTAL_TIMEOUT in the tests
+SLEEP_S = 28  # the first sleep fits in the total time; the second one hits the total limit
+FAULTS = "infra-once:l_infra,infra:l_infra_always"
+
+
+def edited_case(assignment: str) -> Case:
+    (nb_name,) = notebooks(assignment)[:1]
+    lay = layout(assignment, nb_name)
+    last = lay.answers[-1]
+    edited = solved(assignment, nb_name, {last: wrong_answer(lay.solution_src[last])})
+    tests = [c for c in edited["cells"] if is_test(c)]
+    edited["cells"].remove(tests[0])
+    for c in tests[1:]:
+        c["source"] = "pass  # the tests were edited away"
+    return Case(
+        "a_edited",
+        "a test cell deleted, the others edited to `pass`, last answer wrong",
+        {nb_name: edited},
+        lay.total - lay.points(last),
+    )
 
 
 # Partial answers designed by the assignment's author: {assignment: ({answer grade_id: code}, code points)}.
@@ -543,16 +943,28 @@ DESIGNED_PARTIALS = {
 
 
 # --------------------------------------------------------------------------------------------- running
-def cli(work: str, *args: str, db_url: str | None = None, timeout_s: int = 5, check: bool = False):
+def cli(
+    work: str,
+    *args: str,
+    db_url: str | None = None,
+    timeout_s: int = CELL_TIMEOUT_S,
+    check: bool = False,
+    extra_env: dict | None = None,
+):
     env = dict(os.environ)
     env["COURSE_DIR"] = work
     env["COURSE_CELL_TIMEOUT"] = str(timeout_s)
+    env["COURSE_TOTAL_TIMEOUT"] = str(TOTAL_TIMEOUT_S)
+    env["PYTHONIOENCODING"] = "utf-8:strict"  # the report must survive a strict UTF-8 terminal
+    env.update(extra_env or {})
     env["PYTHONPATH"] = REPO
     if db_url:
         env["NBGRADER_DB_URL"] = db_url
     else:
         env.pop("NBGRADER_DB_URL", None)
-    res = subprocess.run([PY, "-m", "course_tools", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        [PY, "-m", "course_tools", *args], cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8"
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"course_tools {' '.join(args)} failed:\n{res.stdout}\n{res.stderr[-3000:]}")
     return res
@@ -648,9 +1060,7 @@ class PostgresServer:
         subprocess.run(list(cmd), check=True, capture_output=True, user=self.user, cwd=self.dir)
 
     def start(self) -> PostgresServer:
-        self._run(
-            os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "grader", "--auth=trust", "-E", "UTF8"
-        )
+        self._run(os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "grader", "--auth=trust", "-E", "UTF8")
         self._run(
             os.path.join(self.bin, "pg_ctl"),
             "-D",
@@ -677,3 +1087,44 @@ class PostgresServer:
             self._run(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "fast", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cpu_load(n: int = 2):
+    """n CPU-bound processes for the duration of the block: the grading must give the same grades."""
+    procs = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def report_section(stdout: str, assignment: str) -> list[str]:
+    """The report lines of one assignment (all shards)."""
+    out, inside = [], False
+    for line in stdout.splitlines():
+        if line.startswith("== "):
+            inside = line.startswith(f"== {assignment}:")
+            continue
+        if inside:
+            out.append(line)
+    return out
+
+
+def student_notes(lines: list[str], student: str) -> list[str] | None:
+    """The student's line and its indented notes, or None."""
+    from course_tools.validate import escape
+
+    name = escape(student)
+    for i, line in enumerate(lines):
+        parts = line.split(None, 1)
+        if len(parts) == 2 and (parts[1] == name or parts[1].startswith(name + ":")):
+            notes = [line]
+            for more in lines[i + 1 :]:
+                if not more.startswith("      "):
+                    break
+                notes.append(more)
+            return notes
+    return None

@@ -1,10 +1,18 @@
 """The instructor grading pipeline, for every assignment in solutions/ (see instructors.md).
 
-One autograde batch per assignment grades generated bot submissions: correct, blank, partial, and hostile or
-broken ones (infinite loop, edited/deleted tests, rebinding assert helpers, reading/writing other files,
-output flood, os._exit, corrupted JSON, missing notebook, extra files, symlinks).  Benign students are graded
-first; the hostile ones are graded in a second run, after which the benign students' gradebook rows and every
-submitted file must be unchanged.
+One shared batch for all assignments, graded by `python -m course_tools autograde all --jobs 2` on a real
+PostgreSQL gradebook while two CPU-bound processes load the machine:
+
+1. benign submissions of every assignment (the solution, the blank student version, every other answer, the
+   designed partial), graded first;
+2. then, with `--no-force`, every attack class of issue 7 generated for every assignment (wrong answers that
+   fool in-kernel tests in eight ways, shadowing files, duplicate/foreign/edited nbgrader metadata, a directory
+   or deeply nested JSON instead of the notebook, a notebook that prints everything and injects HTML), plus, on
+   the first assignment, loops, crashes, floods and every resource limit, the sandbox probe, unsafe student ids
+   and injected infrastructure failures.
+
+After the second run the benign students' gradebook rows and autograded files and every submitted file must be
+unchanged, and every submission must have exactly the grade it deserves.
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import sys
+import uuid
 from contextlib import redirect_stdout
 
 import pytest
@@ -24,10 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grading_helpers as H  # noqa: E402
 
 sys.path.insert(0, H.REPO)
-from course_tools.leaks import find_leaks, leak_patterns  # noqa: E402
+from course_tools.leaks import find_leaks, hidden_check_patterns, leak_patterns  # noqa: E402
 
-pytestmark = [pytest.mark.grading, pytest.mark.slow]
+# the shared batch is graded in the fixture of the first test that uses it: that test gets its time
+pytestmark = [pytest.mark.grading, pytest.mark.slow, pytest.mark.timeout(3600)]
 ASSIGNMENTS = H.assignments()
+LIMITS_ON = ASSIGNMENTS[0]
 
 
 # ------------------------------------------------------------------------------------------ static checks
@@ -61,18 +73,24 @@ def test_student_version_is_what_nbgrader_generates(assignment, tmp_path):
             f"`python -m course_tools generate {assignment}` "
             "and commit the result"
         )
+    # the grader's side of the hidden checks is never released
+    released = [os.path.basename(p) for p in glob.glob(str(out / "**" / "*"), recursive=True)]
+    assert "hidden_checks.py" not in released, released
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_no_solution_or_hidden_test_in_student_version(assignment):
+def test_no_solution_or_hidden_check_in_student_version(assignment):
     files = glob.glob(os.path.join(H.REPO, "assignments", assignment, "**", "*"), recursive=True)
     files = [f for f in files if os.path.isfile(f)]
     assert files, "no student version committed"
+    assert not [f for f in files if os.path.basename(f) == "hidden_checks.py"]
     assert find_leaks(files) == []
-    # the patterns can fail: they do find the solutions in the instructor version
+    # the patterns can fail: they do find the solutions in the instructor version and the hidden checks' code
     sources = glob.glob(os.path.join(H.REPO, "solutions", assignment, "*.ipynb"))
-    hits = {p for _f, p in find_leaks(sources)}
-    assert "BEGIN HIDDEN TESTS" in hits and len(hits) > 10
+    assert len({p for _f, p in find_leaks(sources)}) > 5
+    checks = os.path.join(H.REPO, "solutions", assignment, "hidden_checks.py")
+    assert os.path.exists(checks), "every assignment decides its tests with solutions/<a>/hidden_checks.py"
+    assert find_leaks([checks], hidden_check_patterns()), "the hidden-check patterns do not match their own file"
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -143,126 +161,227 @@ def test_student_check_in_the_student_notebook_namespace():
     assert ns["ok"] is True and "2 of 2 visible tests passed" in buf.getvalue()
 
 
-# ------------------------------------------------------------------------------------------ autograde batch
-@pytest.fixture(scope="module", params=ASSIGNMENTS)
-def batch(request, tmp_path_factory):
-    assignment = request.param
-    work = str(tmp_path_factory.mktemp(f"course-{assignment}"))
-    H.cli(work, "generate", assignment, "--release-dir", os.path.join(work, "release_check"), check=True)
+# ------------------------------------------------------------------------------------------ the shared batch
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        server = H.PostgresServer().start()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.fail(f"could not start PostgreSQL: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def batch(postgres, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("course"))
+    url = postgres.url
+    exchange = os.path.join(work, "exchange-elsewhere")
+    os.makedirs(os.path.join(exchange, "dgm-flows", "inbound"))
+    # another checkout of the course, outside the repository and outside /tmp: the kernel must not see it
+    clone = os.path.join("/var/tmp" if os.access("/var/tmp", os.W_OK) else work, f"course-clone-{uuid.uuid4().hex}")
+    shutil.copytree(os.path.join(H.REPO, "solutions"), os.path.join(clone, "solutions"))
+    env = {"NBGRADER_EXCHANGE": exchange}
+    for a in ASSIGNMENTS:
+        H.cli(work, "generate", a, "--release-dir", os.path.join(work, "release_check"), db_url=url, check=True)
     solutions_before = H.hash_tree(os.path.join(H.REPO, "solutions"))
 
-    benign = H.benign_cases(assignment)
-    for c in benign:
-        H.write_submission(work, assignment, c)
-    first = H.cli(work, "autograde", assignment)
-    url = H.db_url_for(work)
-    benign_rows = H.grade_rows(url, assignment, [c.student for c in benign])
-    benign_autograded = {c.student: H.hash_tree(os.path.join(work, "autograded", c.student)) for c in benign}
+    only = set(filter(None, os.environ.get("GRADING_TEST_ONLY", "").split(",")))  # development: a subset
+    benign = {a: [c for c in H.benign_cases(a) if not only or c.student in only] for a in ASSIGNMENTS}
+    for a, cases in benign.items():
+        for c in cases:
+            H.write_submission(work, a, c)
+    with H.cpu_load(2):
+        first = H.cli(work, "autograde", "all", "--jobs", "2", db_url=url, extra_env=env)
+    benign_rows = {a: H.grade_rows(url, a, [c.student for c in cases]) for a, cases in benign.items()}
+    benign_autograded = {s: H.hash_tree(os.path.join(work, "autograded", s)) for s in ("good", "blank", "partial")}
 
-    hostile = H.hostile_cases(assignment, work, victim="good")
-    for c in hostile:
-        H.write_submission(work, assignment, c)
+    hostile = {a: H.attack_cases(a) + [H.edited_case(a)] for a in ASSIGNMENTS}
+    hostile[LIMITS_ON] += H.limit_cases(LIMITS_ON, work, victim="good", other_clone=clone, exchange=exchange)
+    hostile = {a: [c for c in cases if not only or c.student in only] for a, cases in hostile.items()}
+    for a, cases in hostile.items():
+        for c in cases:
+            H.write_submission(work, a, c)
     submitted_before = H.hash_tree(os.path.join(work, "submitted"))
-    gradebook_bytes = os.path.getsize(os.path.join(work, "gradebook.db"))
-    second = H.cli(work, "autograde", assignment, "--no-force")
+    try:
+        with H.cpu_load(2):
+            second = H.cli(
+                work, "autograde", "all", "--jobs", "2", "--no-force", db_url=url,
+                extra_env=dict(env, COURSE_FAULT_INJECT=H.FAULTS),
+            )
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
     return dict(
-        assignment=assignment,
-        work=work,
-        url=url,
-        benign=benign,
-        hostile=hostile,
-        first=first,
-        second=second,
-        benign_rows=benign_rows,
-        benign_autograded=benign_autograded,
-        submitted_before=submitted_before,
-        solutions_before=solutions_before,
-        gradebook_bytes=gradebook_bytes,
+        work=work, url=url, benign=benign, hostile=hostile, first=first, second=second, benign_rows=benign_rows,
+        benign_autograded=benign_autograded, submitted_before=submitted_before, solutions_before=solutions_before,
+        exchange=exchange,
     )
 
 
-def test_correct_blank_and_partial_scores(batch):
-    assert "ERROR" not in batch["first"].stdout, batch["first"].stdout + batch["first"].stderr[-3000:]
-    scores = H.code_scores(batch["url"], batch["assignment"])
-    for c in batch["benign"]:
-        assert scores[c.student] == pytest.approx(c.expected), f"{c.student} ({c.description}): {scores}"
+def _scores(batch, a):
+    return H.code_scores(batch["url"], a)
 
 
-def test_hostile_and_broken_submissions(batch):
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_correct_blank_and_partial_scores(batch, assignment):
+    out = batch["first"].stdout
+    assert batch["first"].returncode == 0, out + batch["first"].stderr[-3000:]
+    assert "NEEDS-REGRADING" not in out and "ERROR" not in out, out
+    scores = _scores(batch, assignment)
+    lines = H.report_section(out, assignment)
+    for c in batch["benign"][assignment]:
+        assert scores[c.student] == pytest.approx(c.expected), f"{c.student} ({c.description}): {scores}\n{out}"
+        notes = H.student_notes(lines, c.student)
+        assert notes and notes[0].split()[0] == "OK", f"{c.student}: {notes}\n{out}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_every_attack_gets_what_it_deserves(batch, assignment):
     out = batch["second"].stdout
-    scores = H.code_scores(batch["url"], batch["assignment"])
-    for c in batch["hostile"]:
-        if c.expected is None:
+    scores = _scores(batch, assignment)
+    lines = H.report_section(out, assignment)
+    wrong = []
+    for c in batch["hostile"][assignment]:
+        notes = H.student_notes(lines, c.student)
+        if notes is None:
+            wrong.append(f"{c.student!r} ({c.description}): no line in the report")
+            continue
+        text = "\n".join(notes)
+        if c.expected is not None:
+            if scores.get(c.student) != pytest.approx(c.expected):
+                wrong.append(f"{c.student} ({c.description}): {scores.get(c.student)} instead of {c.expected}")
+            if notes[0].split()[0] not in ("OK", "CHECK"):
+                wrong.append(f"{c.student} ({c.description}): reported as {notes[0]}")
+        elif c.same_as:
+            # the trick must not raise the grade of the same wrong answers (it may break its own kernel)
+            if c.student not in scores or scores[c.student] > scores.get(c.same_as, 0):
+                wrong.append(f"{c.student} ({c.description}): {scores.get(c.student)}, without the trick "
+                             f"{scores.get(c.same_as)}")
+        elif "REFUSED" in c.message:
             assert c.student not in scores, f"{c.student} should not have been graded"
-        else:
-            assert c.student in scores, f"{c.student} ({c.description}) missing from the gradebook:\n{out}"
-            assert scores[c.student] == pytest.approx(c.expected), f"{c.student} ({c.description}):\n{out}"
-        # the student's line and its indented notes
-        lines = out.splitlines()
-        idx = [i for i, line in enumerate(lines) if line.split()[1:2] in ([c.student], [c.student + ":"])]
-        assert idx, f"no line for {c.student} in the instructor's report:\n{out}"
-        notes = [lines[idx[0]]]
-        for line in lines[idx[0] + 1 :]:
-            if not line.startswith("      "):
-                break
-            notes.append(line)
-        if c.message:
-            assert c.message in "\n".join(notes), f"{c.student}: expected a message '{c.message}':\n{out}"
+        if c.message and c.message not in text:
+            wrong.append(f"{c.student} ({c.description}): no message {c.message!r}:\n{text}")
+    total = H.layout(assignment, H.notebooks(assignment)[0]).total
+    if "a_wrong" in scores:
+        assert scores["a_wrong"] < total, "the generated wrong answers are not wrong"
+        if assignment == "ch01_probability":
+            assert scores["a_wrong"] == 0
+    assert not wrong, "\n".join(wrong) + "\n\n" + "\n".join(lines) + batch["second"].stderr[-2000:]
 
 
-def test_batch_finished_with_a_report_for_everyone(batch):
+def test_batch_finished_with_a_report_and_a_summary(batch):
     out = batch["second"].stdout
-    everyone = [c.student for c in batch["benign"] + batch["hostile"]]
-    assert f"{len(everyone)} submission(s)" in out, out
-    assert batch["second"].returncode == 1  # a refused (symlink) submission needs the instructor's attention
+    for a in ASSIGNMENTS:
+        n = len(batch["benign"][a]) + len(batch["hostile"][a])
+        counts = [int(m) for m in re.findall(rf"^== {a}: (\d+) submission\(s\)", out, re.M)]
+        assert sum(counts) == n, (a, counts, n)
+    assert "summary:" in out
+    # refused submissions and a student who could not be graded need the instructor: non-zero exit
+    assert batch["second"].returncode == 1
+    assert re.search(r"NEEDS-REGRADING l_infra_always: not graded", out), out
 
 
 def test_other_students_grades_and_files_unchanged(batch):
-    students = [c.student for c in batch["benign"]]
-    assert H.grade_rows(batch["url"], batch["assignment"], students) == batch["benign_rows"]
-    for s in students:
-        assert H.hash_tree(os.path.join(batch["work"], "autograded", s)) == batch["benign_autograded"][s]
+    for a, cases in batch["benign"].items():
+        assert H.grade_rows(batch["url"], a, [c.student for c in cases]) == batch["benign_rows"][a]
+    for s, tree in batch["benign_autograded"].items():
+        assert H.hash_tree(os.path.join(batch["work"], "autograded", s)) == tree
     assert H.hash_tree(os.path.join(batch["work"], "submitted")) == batch["submitted_before"]
     assert H.hash_tree(os.path.join(H.REPO, "solutions")) == batch["solutions_before"]
 
 
 def test_sandbox_denied_every_forbidden_access(batch):
-    report = H.sandbox_report(batch["work"], "exfil", batch["assignment"])
+    report = H.sandbox_report(batch["work"], "l_exfil", LIMITS_ON)
     for key in H.MUST_BE_DENIED:
         assert report[key].startswith("denied"), f"{key}: {report[key]}"
-    # what the notebook wrote into its own folder stayed in the scratch copy
-    ag = os.path.join(batch["work"], "autograded", "exfil", batch["assignment"])
+    # what the notebook wrote into its own folder stayed in the sandbox
+    ag = os.path.join(batch["work"], "autograded", "l_exfil", LIMITS_ON)
     assert not any(n.endswith(".tmp") for n in os.listdir(ag))
-    for nb in H.notebooks(batch["assignment"]):
+    for nb in H.notebooks(LIMITS_ON):
         H.load(os.path.join(ag, nb))  # still a valid notebook, written by nbgrader
 
 
-def test_feedback_hides_hidden_tests_and_export(batch):
-    work, a = batch["work"], batch["assignment"]
-    for s in ("good", "rebind"):
-        res = H.cli(work, "feedback", a, "--student", s)
-        assert res.returncode == 0, res.stdout + res.stderr[-2000:]
-    html_files = glob.glob(os.path.join(work, "feedback", "*", a, "*.html"))
-    assert len(html_files) == 2 * len(H.notebooks(a))
-    # the author's assertion messages ("hidden test: ...") are shown on purpose; the test code is not
-    patterns = [p for p in leak_patterns(solutions=False) if p != "hidden test:"]
-    assert find_leaks(html_files, patterns) == []
-    rebind = [f for f in html_files if "/rebind/" in f][0]
-    text = open(rebind, encoding="utf-8").read()
-    assert "hidden tests run here when grading" in text and "AssertionError" in text
+def test_hidden_checks_never_next_to_a_submission(batch):
+    found = glob.glob(os.path.join(batch["work"], "**", "hidden_checks.py"), recursive=True)
+    assert found == [], found
+    patterns = hidden_check_patterns()
+    files = glob.glob(os.path.join(batch["work"], "autograded", "**", "*.ipynb"), recursive=True)
+    assert files and find_leaks(files, patterns) == []
 
-    csv_path = os.path.join(work, "grades.csv")
-    res = H.cli(work, "export", "--to", csv_path)
+
+def test_feedback_shows_only_verdicts_and_is_safe(batch):
+    from course_tools.feedback import sanitize_markdown  # noqa: F401  (imported: the module works standalone)
+
+    work = batch["work"]
+    students = ("good", "a_leak")
+    for a in ASSIGNMENTS:
+        for s in students:
+            res = H.cli(work, "feedback", a, "--student", s, db_url=batch["url"])
+            assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    html_files = glob.glob(os.path.join(work, "feedback", "*", "*", "*.html"))
+    assert len(html_files) == len(students) * sum(len(H.notebooks(a)) for a in ASSIGNMENTS)
+    patterns = [p for p in leak_patterns(solutions=False) if p != "hidden test:"] + [H.LEAK_MARKER]
+    assert find_leaks(html_files, patterns) == []
+    for f in html_files:
+        text = open(f, encoding="utf-8").read()
+        # nothing is loaded from anywhere: no external script, style sheet or image
+        assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=[\"']?(https?:)?//", text, re.I), f
+        assert text.count("<script") == 2 and "Content-Security-Policy" in text, f  # MathJax config + MathJax
+        scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
+        assert not any("PWNED" in js or H.LEAK_MARKER in js for js in scripts), f
+        assert not re.search(r"<[^>]+\son\w+\s*=", text.split("</head>", 1)[1]), f  # no event handlers
+        assert "javascript:" not in text.split("</head>", 1)[1], f
+        assert "graded cell" in text and "what it checks" in text  # the score table
+        assert "pre-wrap" in text  # long lines wrap
+    good = [f for f in html_files if f"{os.sep}good{os.sep}" in f]
+    assert all("[ok]" in open(f, encoding="utf-8").read() for f in good)
+
+
+def test_feedback_renders_math_and_runs_no_student_script(batch):
+    from browser import Browser, find_chromium
+
+    if not find_chromium():
+        pytest.skip("no chromium")
+    leak = glob.glob(os.path.join(batch["work"], "feedback", "a_leak", LIMITS_ON, "*.html"))
+    if not leak:
+        H.cli(batch["work"], "feedback", LIMITS_ON, "--student", "a_leak", db_url=batch["url"], check=True)
+        leak = glob.glob(os.path.join(batch["work"], "feedback", "a_leak", LIMITS_ON, "*.html"))
+    with Browser() as b:
+        b.goto("file://" + leak[0], settle=1.0)
+        b.wait_for("document.querySelectorAll('mjx-container').length > 0", timeout=30)
+        assert "PWNED" not in b.evaluate("document.title")
+        assert not [r for r in b.requests if not r.startswith(("file:", "data:"))], b.requests
+
+
+def test_export_goes_into_the_course_directory(batch):
+    res = H.cli(batch["work"], "export", db_url=batch["url"])
     assert res.returncode == 0, res.stderr[-2000:]
+    csv_path = os.path.join(batch["work"], "grades.csv")
+    assert csv_path in res.stdout and not os.path.exists(os.path.join(H.REPO, "grades.csv"))
     rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
-    by_student = {r["student_id"]: float(r["score"]) for r in rows if r["assignment"] == a}
-    assert by_student["good"] == pytest.approx(H.layout(a, H.notebooks(a)[0]).total)
-    assert by_student["blank"] == 0
+    for a in ASSIGNMENTS:
+        by_student = {r["student_id"]: float(r["score"]) for r in rows if r["assignment"] == a}
+        assert by_student["good"] == pytest.approx(H.layout(a, H.notebooks(a)[0]).total)
+        assert by_student["blank"] == 0
+
+
+def test_a_second_grader_regrades_one_student(batch):
+    a = LIMITS_ON
+    others = [c.student for c in batch["benign"][a] if c.student != "partial"]
+    rows = H.grade_rows(batch["url"], a, others)
+    again = H.cli(batch["work"], "autograde", a, "--student", "partial", db_url=batch["url"])
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert H.grade_rows(batch["url"], a, others) == rows
 
 
 def test_status_command(batch):
-    res = H.cli(batch["work"], "status")
+    res = H.cli(batch["work"], "status", db_url=batch["url"])
     assert res.returncode == 0 and "sandbox (bwrap) usable:      True" in res.stdout, res.stdout + res.stderr
+
+
+def test_parallel_grading_is_refused_on_sqlite(tmp_path):
+    res = H.cli(str(tmp_path / "course"), "autograde", LIMITS_ON, "--jobs", "2")
+    assert res.returncode != 0 and "database is locked" in (res.stdout + res.stderr)
 
 
 def test_sandbox_is_required(tmp_path):
