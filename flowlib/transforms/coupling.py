@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_int, check_positive, check_tensor
+from flowlib._validate import check_int, check_positive
 from flowlib.transforms.base import Transform, _sum_except_batch
 
 __all__ = [
@@ -198,13 +198,12 @@ class _Coupling(Transform):
         else:
             self.conditioner = MLP(n_in, n_out, conditioner)
 
-    def _check(self, x, name):
+    def _check_shape(self, shape, name, inverse=False):
         if not (self.image and self.split):
-            return super()._check(x, name)
-        x = check_tensor(x, name=name)
-        if x.dim() != 4 or x.shape[1] != self.n_features:
-            raise ValueError(f"{name} must have shape (batch, {self.n_features}, H, W), got {tuple(x.shape)}")
-        return x
+            return super()._check_shape(shape, name, inverse)
+        if len(shape) != 4 or shape[1] != self.n_features:
+            raise ValueError(f"{name} must have shape (batch, {self.n_features}, H, W), got {tuple(shape)}")
+        return tuple(shape)
 
     def _split(self, x):
         """``(x_a, x_b)``; in masked mode ``(mask * x, x)``."""
