@@ -572,6 +572,14 @@ def _fmt(x, nd=2):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def _med_range(m, r, nd=3):
+    return f"{_fmt(m, nd)} [{_fmt(r[0], nd)}, {_fmt(r[1], nd)}]" if r else "n/a"
+
+
+def _best_peer(peers, field):
+    return min(peers, key=lambda k: peers[k][field] if math.isfinite(peers[k][field]) else math.inf)
+
+
 def aggregate(per_seed, libs):
     """Combine seeds: median ms/step over all timed steps of all seeds; metric mean and sd over seeds."""
     agg = {}
@@ -656,26 +664,19 @@ def write_report(path, results, args, meta):
                     notes.append("non-finite samples")
                 q = f" ({_fmt(a['q'][0])}-{_fmt(a['q'][1])})" if a["q"] else ""
                 nd = 3
-
-                def med_range(m, r):
-                    return f"{_fmt(m, nd)} [{_fmt(r[0], nd)}, {_fmt(r[1], nd)}]" if r else "n/a"
-
                 ffin = [t for t in a["finals"] if math.isfinite(t)]
                 fmean = f"{statistics.fmean(ffin):.3f} +- {a['final_sd']:.3f}" if ffin else "n/a"
-                w(f"| {arch} | {lib} | {_fmt(a['ms_step'])}{q} | {med_range(a['final_median'], a['final_range'])} | "
-                  f"{fmean} | {med_range(a['best_median'], a['best_range'])} | "
+                w(f"| {arch} | {lib} | {_fmt(a['ms_step'])}{q} | {_med_range(a['final_median'], a['final_range'])} | "
+                  f"{fmean} | {_med_range(a['best_median'], a['best_range'])} | "
                   f"{_fmt(a['test_mean'], nd)} +- {a['test_sd']:.3f} | "
                   f"{','.join(map(str, a['best_steps']))} | {_fmt(a['log_prob'], 3)} | "
                   f"{_fmt(a['sample'], 3)} | {a['params']} | {' '.join(notes)} |")
             if "flowlib" in agg:
                 peers = {k: v for k, v in agg.items() if not k.startswith("flowlib")}
                 if peers:
-                    def key(field):
-                        return lambda k: peers[k][field] if math.isfinite(peers[k][field]) else math.inf
-
                     fastest = min(peers, key=lambda k: peers[k]["ms_step"])
-                    best_final = min(peers, key=key("final_median"))
-                    best_ckpt = min(peers, key=key("best_median"))
+                    best_final = _best_peer(peers, "final_median")
+                    best_ckpt = _best_peer(peers, "best_median")
                     f = agg["flowlib"]
                     targets.append((dataset, arch, f["ms_step"], fastest, peers[fastest]["ms_step"],
                                     f["final_median"], best_final, peers[best_final]["final_median"],

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flowlib._validate import check_int
 from flowlib.flow import Flow
-from flowlib.transforms.base import Compose
 from flowlib.transforms.actnorm import ActNorm
+from flowlib.transforms.base import Compose
 from flowlib.transforms.coupling import MLP, AdditiveCoupling, AffineCoupling, half_mask
 from flowlib.transforms.elementwise import NICEScaling, as_event_shape
 from flowlib.transforms.glow import GlowStep
