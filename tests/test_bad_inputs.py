@@ -351,3 +351,23 @@ def test_metrics_refuse_an_empty_batch():
         nll_nats(torch.empty(0))
     with pytest.raises(ValueError, match="at least one sample"):
         bits_per_dim(torch.empty(0), num_dims=4)
+
+
+def test_a_subclass_overriding_the_old_check_signature_still_works():
+    calls = []
+
+    class Old(Transform):  # written before _check took inverse=
+        def _check(self, x, name):
+            calls.append(name)
+            return x
+
+        def _forward(self, x):
+            return 2 * x, x.new_full((x.shape[0],), 2 * torch.log(torch.tensor(2.0)).item())
+
+        def _inverse(self, z):
+            return z / 2, -z.new_full((z.shape[0],), 2 * torch.log(torch.tensor(2.0)).item())
+
+    t = Old()
+    z, _ = t(torch.ones(3, 2))
+    x, _ = t.inverse(z)
+    assert calls == ["x", "z"] and torch.equal(x, torch.ones(3, 2))

@@ -28,6 +28,19 @@ class NoAnalyticInverse(NotImplementedError):
     """Raised by transforms whose inverse has no closed form and is not solved numerically."""
 
 
+_CHECK_TAKES_DIRECTION: dict[type, bool] = {}
+
+
+def _check_takes_direction(cls) -> bool:
+    """Whether ``cls._check`` accepts ``inverse=`` (subclasses written before it existed override ``_check(x, name)``)."""
+    if cls not in _CHECK_TAKES_DIRECTION:
+        import inspect
+
+        params = inspect.signature(cls._check).parameters
+        _CHECK_TAKES_DIRECTION[cls] = "inverse" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return _CHECK_TAKES_DIRECTION[cls]
+
+
 class Transform(nn.Module):
     """Base class of every invertible map.
 
@@ -71,7 +84,9 @@ class Transform(nn.Module):
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate: ``z -> (x, log|det dx/dz|)``."""
-        return self._inverse(self._check(z, "z", inverse=True))
+        if _check_takes_direction(type(self)):
+            return self._inverse(self._check(z, "z", inverse=True))
+        return self._inverse(self._check(z, "z"))  # a subclass's own ``_check(x, name)``
 
     def _forward(self, x):  # pragma: no cover - interface
         raise NotImplementedError
