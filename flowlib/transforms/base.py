@@ -32,7 +32,7 @@ _CHECK_TAKES_DIRECTION: dict[type, bool] = {}
 
 
 def _check_takes_direction(cls) -> bool:
-    """Whether ``cls._check`` accepts ``inverse=`` (subclasses written before it existed override ``_check(x, name)``)."""
+    """Whether ``cls._check`` accepts ``inverse=`` (older subclasses override ``_check(x, name)``)."""
     if cls not in _CHECK_TAKES_DIRECTION:
         import inspect
 
