@@ -75,6 +75,38 @@ def _half_masks(dim, k):
     return first if k % 2 == 0 else ~first
 
 
+FLOWLIB_VARIANTS = {  # "flowlib:<name>": coupling-conditioner initialisation ablation (realnvp only)
+    "zeros": dict(last_init="zeros"),
+    "default": dict(last_init="default"),
+    "normal1e-2": dict(last_init=1e-2),
+    "normal1e-1": dict(last_init=1e-1),
+    "actnorm": dict(last_init="zeros", actnorm=True),
+    "actnorm-default": dict(last_init="default", actnorm=True),
+}
+
+
+def build_flowlib_variant(variant, arch, dim):
+    if arch != "realnvp":
+        raise ValueError(f"the flowlib:{variant} ablation is defined for realnvp only")
+    from flowlib.models import realnvp
+
+    flow = realnvp(dim, num_layers=N_LAYERS[arch], hidden=HIDDEN, **FLOWLIB_VARIANTS[variant])
+    return Model(flow, flow.log_prob, flow.sample)
+
+
+def build(lib, arch, dim):
+    if lib.startswith("flowlib:"):
+        return build_flowlib_variant(lib.split(":", 1)[1], arch, dim)
+    return BUILDERS[lib](arch, dim)
+
+
+def lib_choice(name):
+    if name in LIBS or (name.startswith("flowlib:") and name.split(":", 1)[1] in FLOWLIB_VARIANTS):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"unknown library {name!r}: one of {LIBS} or flowlib:<{'|'.join(FLOWLIB_VARIANTS)}>")
+
+
 def build_flowlib(arch, dim):
     if arch == "realnvp":
         from flowlib.models import realnvp
@@ -143,7 +175,22 @@ class _ContextFree(torch.nn.Module):
         return self.net(x)
 
 
+def _stub_matplotlib_if_missing():
+    """nflows imports matplotlib at import time (for plotting helpers the benchmark never calls). On a machine
+    without matplotlib, register an empty stub so that the import succeeds; reported in the run's log."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        import types
+
+        mpl = types.ModuleType("matplotlib")
+        mpl.pyplot = types.ModuleType("matplotlib.pyplot")
+        sys.modules["matplotlib"], sys.modules["matplotlib.pyplot"] = mpl, mpl.pyplot
+        print("note: matplotlib missing, stubbed for nflows' import", flush=True)
+
+
 def build_nflows(arch, dim):
+    _stub_matplotlib_if_missing()
     from nflows.distributions.normal import StandardNormal
     from nflows.flows.base import Flow
     from nflows.nn.nets import MLP
@@ -203,8 +250,8 @@ BUILDERS = {
 SCALE_NOTES = {
     ("flowlib", "realnvp"): "`AffineCoupling`: `s = 2 tanh(r/2)`, `z_b = x_b exp(s) + t`: log-scale "
     "soft-clamped to (-2, 2) both ways; last conditioner layer zero-initialised (identity at start)",
-    ("flowlib", "maf"): "`alpha = 3 tanh(s/3)`, `z = (x - mu) exp(-alpha)`: log-scale soft-clamped to "
-    "(-3, 3) both ways; last MADE layer zero-initialised (identity at start)",
+    ("flowlib", "maf"): "`s = 3 tanh(r/3)`, `z = x exp(s) + t`: log-scale soft-clamped to "
+    "(-3, 3) both ways; PyTorch's default init of every MADE layer (`identity_init=True` zeroes the last one)",
     ("normflows", "realnvp"): "`AffineCoupling(scale_map='exp')` (library default): `exp(s)`, **unbounded** "
     "both ways; `MLP(init_zeros=True)` starts at the identity",
     ("normflows", "maf"): "`MaskedAffineAutoregressive` (nflows code): `scale = sigmoid(s + 2) + 1e-3` in "
@@ -350,7 +397,7 @@ class Run:
     def __init__(self, lib, arch, task, seed, lr):
         torch.manual_seed(seed)  # same initialisation seed for every library
         self.lib, self.arch, self.task = lib, arch, task
-        self.model = BUILDERS[lib](arch, task["dim"])
+        self.model = build(lib, arch, task["dim"])
         self.opt = torch.optim.Adam(self.model.module.parameters(), lr=lr)
         self.step = 0
         self.times = []
@@ -395,6 +442,19 @@ class Run:
         self.val_curve.append((self.step, v))
         if math.isfinite(v) and v < self.best[0]:
             self.best = (v, self.step, copy.deepcopy(module.state_dict()))
+
+    @torch.no_grad()
+    def test_final(self):
+        """Test metric of the model as training left it (what a user gets without checkpointing)."""
+        if self.error:
+            return math.nan
+        self.model.module.eval()
+        try:
+            return self.task["metric"](self.model, self.task["test"])
+        except Exception:
+            return math.nan
+        finally:
+            self.model.module.train()
 
     @torch.no_grad()
     def test(self):
@@ -454,7 +514,9 @@ def bench_one(dataset, arch, task, libs, seed, args, log):
     res = {}
     for r in runs:
         t = r.times[args.warmup:] if len(r.times) > args.warmup else r.times
+        final = r.test_final()  # before test() loads the best checkpoint
         res[r.lib] = dict(
+            test_final=final,
             ms_step=1e3 * _med(t),
             ms_step_q=(1e3 * float(np.percentile(t, 25)), 1e3 * float(np.percentile(t, 75))) if t else None,
             steps=r.step, test=r.test(), best_val=r.best[0], best_step=r.best[1], error=r.error,
@@ -462,7 +524,8 @@ def bench_one(dataset, arch, task, libs, seed, args, log):
             **timings[r.lib],
         )
         log(f"  [{dataset}/{arch} seed {seed}] {r.lib:9s} {res[r.lib]['ms_step']:7.2f} ms/step  "
-            f"test {res[r.lib]['test']:.4f} {task['unit']} (best val @ {r.best[1]})  "
+            f"final {res[r.lib]['test_final']:.4f} best-ckpt {res[r.lib]['test']:.4f} {task['unit']} "
+            f"(best val @ {r.best[1]})  "
             f"log_prob {timings[r.lib]['log_prob']:.3f}s  sample {timings[r.lib]['sample']:.3f}s"
             + (f"  ERROR {r.error}" if r.error else ""))
     return res
@@ -509,6 +572,14 @@ def _fmt(x, nd=2):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
 
+def _med_range(m, r, nd=3):
+    return f"{_fmt(m, nd)} [{_fmt(r[0], nd)}, {_fmt(r[1], nd)}]" if r else "n/a"
+
+
+def _best_peer(peers, field):
+    return min(peers, key=lambda k: peers[k][field] if math.isfinite(peers[k][field]) else math.inf)
+
+
 def aggregate(per_seed, libs):
     """Combine seeds: median ms/step over all timed steps of all seeds; metric mean and sd over seeds."""
     agg = {}
@@ -519,7 +590,15 @@ def aggregate(per_seed, libs):
         times = [t for r in rs for t in r["times_ms"]]
         tests = [r["test"] for r in rs]
         finite = [t for t in tests if math.isfinite(t)]
+        finals = [r.get("test_final", math.nan) for r in rs]
+        ffin = [t for t in finals if math.isfinite(t)]
         agg[lib] = dict(
+            final_median=statistics.median(ffin) if ffin else math.nan,
+            final_sd=statistics.stdev(ffin) if len(ffin) > 1 else 0.0,
+            final_range=(min(ffin), max(ffin)) if ffin else None,
+            finals=finals, n_final_ok=len(ffin),
+            best_median=statistics.median(finite) if finite else math.nan,
+            best_range=(min(finite), max(finite)) if finite else None,
             ms_step=_med(times),
             q=(float(np.percentile(times, 25)), float(np.percentile(times, 75))) if times else None,
             test_mean=statistics.fmean(finite) if finite else math.nan,
@@ -547,10 +626,14 @@ def write_report(path, results, args, meta):
     w("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     w(f"- Budget: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, seeds {args.seeds}; libraries "
       f"interleaved in chunks of {args.chunk} steps (order rotated every chunk); first {args.warmup} steps "
-      f"of every run not timed; validation every {args.val_every} steps, best checkpoint tested")
+      f"of every run not timed; validation every {args.val_every} steps; final model and best checkpoint "
+      f"tested" + (f"; {args.jobs} cells (dataset, architecture, seed) run in parallel processes of "
+                   f"{args.threads} threads each" if args.jobs > 1 else ""))
     w(f"- Data: {meta['sources']}")
     w("- ms/step: median over all timed steps of all seeds (interquartile range in brackets). "
-      "Test NLL: mean +- sd over seeds of the best-validation checkpoint. log_prob / sample: median "
+      "Test NLL, two numbers per run: the **final** model after the last step (what a user gets from "
+      "`fit` without checkpointing) and the **best-validation checkpoint**; each given as median "
+      "[min, max] over seeds, and mean +- sd. log_prob / sample: median "
       f"seconds for 10,000 points, `torch.no_grad()`, {args.repeats} / {args.sample_repeats} interleaved "
       "repeats per seed.\n")
     targets = []
@@ -559,18 +642,19 @@ def write_report(path, results, args, meta):
         title = ("Two moons (test NLL in nats, lower is better)" if dataset == "moons"
                  else "8x8 digits (test bits/dim, dequantised + logit, lower is better)")
         w(f"## {title}\n")
-        w(f"| architecture | library | ms/step (IQR) | test {unit} | best val step | log_prob 10k (s) | "
+        w(f"| architecture | library | ms/step (IQR) | final test {unit}: median [min, max] | final mean +- sd | "
+          f"best-ckpt test {unit}: median [min, max] | best-ckpt mean +- sd | best val step | log_prob 10k (s) | "
           "sample 10k (s) | params | notes |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
         ref = meta.get("reference", {}).get(dataset, math.nan)
         if math.isfinite(ref):
-            w(f"| - | true density | | {ref:.3f} | | | | | `flowlib.data.two_moons_log_prob` of the test "
-              "points: the floor |")
+            w(f"| - | true density | | {ref:.3f} | | {ref:.3f} | | | | | | `flowlib.data.two_moons_log_prob` of "
+              "the test points: the floor |")
         for arch in args.archs:
             agg = results.get((dataset, arch), {})
             for lib in args.libs:
                 if lib not in agg:
-                    w(f"| {arch} | {lib} | not run | | | | | | model not available |")
+                    w(f"| {arch} | {lib} | not run | | | | | | | | | model not available |")
                     continue
                 a = agg[lib]
                 notes = []
@@ -579,41 +663,53 @@ def write_report(path, results, args, meta):
                 if not a["sample_finite"]:
                     notes.append("non-finite samples")
                 q = f" ({_fmt(a['q'][0])}-{_fmt(a['q'][1])})" if a["q"] else ""
-                sd = f" +- {a['test_sd']:.3f}" if len(args.seeds) > 1 else ""
                 nd = 3
-                w(f"| {arch} | {lib} | {_fmt(a['ms_step'])}{q} | {_fmt(a['test_mean'], nd)}{sd} | "
+                ffin = [t for t in a["finals"] if math.isfinite(t)]
+                fmean = f"{statistics.fmean(ffin):.3f} +- {a['final_sd']:.3f}" if ffin else "n/a"
+                w(f"| {arch} | {lib} | {_fmt(a['ms_step'])}{q} | {_med_range(a['final_median'], a['final_range'])} | "
+                  f"{fmean} | {_med_range(a['best_median'], a['best_range'])} | "
+                  f"{_fmt(a['test_mean'], nd)} +- {a['test_sd']:.3f} | "
                   f"{','.join(map(str, a['best_steps']))} | {_fmt(a['log_prob'], 3)} | "
                   f"{_fmt(a['sample'], 3)} | {a['params']} | {' '.join(notes)} |")
             if "flowlib" in agg:
-                peers = {k: v for k, v in agg.items() if k != "flowlib"}
+                peers = {k: v for k, v in agg.items() if not k.startswith("flowlib")}
                 if peers:
                     fastest = min(peers, key=lambda k: peers[k]["ms_step"])
-                    best = min(peers, key=lambda k: peers[k]["test_mean"]
-                               if math.isfinite(peers[k]["test_mean"]) else math.inf)
+                    best_final = _best_peer(peers, "final_median")
+                    best_ckpt = _best_peer(peers, "best_median")
                     f = agg["flowlib"]
                     targets.append((dataset, arch, f["ms_step"], fastest, peers[fastest]["ms_step"],
-                                    f["test_mean"], best, peers[best]["test_mean"], unit))
+                                    f["final_median"], best_final, peers[best_final]["final_median"],
+                                    f["best_median"], best_ckpt, peers[best_ckpt]["best_median"], unit))
         w("")
     if targets:
         w("## Targets\n")
-        w("Speed: flowlib's median step no slower than the fastest peer's. Likelihood: flowlib's test NLL at "
-          "least as good as the best peer's (within one seed-sd is called a tie).\n")
-        w("| dataset | architecture | flowlib ms/step | fastest peer | speed target | flowlib NLL | "
-          "best peer | NLL target |")
-        w("|---|---|---|---|---|---|---|---|")
-        for dataset, arch, fms, fast, pms, fnll, best, pnll, unit in targets:
+        w("Speed: flowlib's median step no slower than the fastest peer's. Likelihood: flowlib's (defaults) "
+          "median test NLL over seeds at least as good as the best peer's median, strictly (no tie margin), "
+          "for the final model and for the best-validation checkpoint separately.\n")
+        w("| dataset | architecture | flowlib ms/step | fastest peer | speed target | flowlib final NLL | "
+          "best peer (final) | final target | flowlib best-ckpt NLL | best peer (best-ckpt) | best-ckpt target |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+
+        def verdict(a, b, unit):
+            return "met" if a <= b else f"**missed** (+{a - b:.3f} {unit})"
+
+        for dataset, arch, fms, fast, pms, ffin, pf, pfin, fbest, pb, pbest, unit in targets:
             speed = "met" if fms <= pms else f"**missed** ({fms / pms:.2f}x)"
-            sd = results[(dataset, arch)]["flowlib"]["test_sd"]
-            nll = "met" if fnll <= pnll + sd else f"**missed** (+{fnll - pnll:.3f} {unit})"
-            w(f"| {dataset} | {arch} | {_fmt(fms)} | {fast} {_fmt(pms)} | {speed} | {_fmt(fnll, 3)} | "
-              f"{best} {_fmt(pnll, 3)} | {nll} |")
+            w(f"| {dataset} | {arch} | {_fmt(fms)} | {fast} {_fmt(pms)} | {speed} | {_fmt(ffin, 3)} | "
+              f"{pf} {_fmt(pfin, 3)} | {verdict(ffin, pfin, unit)} | {_fmt(fbest, 3)} | {pb} {_fmt(pbest, 3)} | "
+              f"{verdict(fbest, pbest, unit)} |")
         w("")
     w("## Scale parametrisations (they bound the likelihood differently)\n")
     w("| library | architecture | scale of the affine map |")
     w("|---|---|---|")
     for lib in args.libs:
         for arch in args.archs:
-            note = meta.get("scale_notes", {}).get((lib, arch), SCALE_NOTES[(lib, arch)])
+            note = meta.get("scale_notes", {}).get((lib, arch), SCALE_NOTES.get((lib, arch)))
+            if note is None:
+                if not lib.startswith("flowlib:") or arch != "realnvp":
+                    continue
+                note = f"as flowlib, with `realnvp(..., **{FLOWLIB_VARIANTS[lib.split(':', 1)[1]]})`"
             w(f"| {lib} | {arch} | {note} |")
     w("")
     w(meta.get("extra_notes", ""))
@@ -632,10 +728,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 1 seed, small data")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
     p.add_argument("--json", default=None, help="also dump raw per-seed results here")
-    p.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
+    p.add_argument("--libs", nargs="+", default=list(LIBS), type=lib_choice,
+                   help=f"libraries: {', '.join(LIBS)}, or flowlib:<variant> for the coupling-init ablation "
+                        f"({', '.join(FLOWLIB_VARIANTS)})")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run the (dataset, arch, seed) cells in this many processes (each --threads threads); "
+                        "libraries stay interleaved inside a cell")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -669,15 +770,32 @@ def main(argv=None):
         return profile(args, log)
     results, raw, sources, reference = {}, {}, {}, {}
     load0 = os.getloadavg()[0]
+    cells = [(d, a, s) for d in args.datasets for a in args.archs for s in args.seeds]
+    if args.jobs > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        done = {}
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = {ex.submit(_cell, *c, args): c for c in cells}
+            for fut in concurrent.futures.as_completed(futures):
+                done[futures[fut]] = fut.result()
+                if args.json:  # every finished cell at once, so that an interrupted run keeps what it did
+                    with open(args.json + ".cells.jsonl", "a") as f:
+                        res = {k: {kk: vv for kk, vv in v.items() if kk != "times_ms"}
+                               for k, v in done[futures[fut]][0].items()}
+                        f.write(json.dumps({"cell": futures[fut], "res": res}, default=str) + "\n")
+    else:
+        done = {c: _cell(*c, args, log) for c in cells}
     for dataset in args.datasets:
         for arch in args.archs:
             per_seed = []
             for seed in args.seeds:
-                task = make_task(dataset, args, seed)
-                sources[dataset] = f"{dataset}: {task['source']}, train/val/test {task['sizes']}"
+                res, source, ref = done[(dataset, arch, seed)]
+                sources[dataset] = source
                 if seed == args.seeds[0]:
-                    reference[dataset] = task["reference"]
-                per_seed.append(bench_one(dataset, arch, task, args.libs, seed, args, log))
+                    reference[dataset] = ref
+                per_seed.append(res)
             results[(dataset, arch)] = aggregate(per_seed, args.libs)
             raw[f"{dataset}/{arch}"] = [{k: {kk: vv for kk, vv in v.items() if kk != "times_ms"}
                                           for k, v in s.items()} for s in per_seed]
@@ -686,6 +804,7 @@ def main(argv=None):
         date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         wall=time.time() - t_start,
         command=" ".join([".venv-bench/bin/python", "benchmarks/flows.py", *map(shlex.quote, sys.argv[1:])]),
+        jobs=args.jobs,
         sources="; ".join(sources.values()) + (f"; digits dequantised `y = (x + u) / {DIGIT_LEVELS}` and "
                                                 f"`Logit(alpha={LOGIT_ALPHA})` (flowlib.preprocess), "
                                                 f"{args.eval_draws} noise draws per held-out image"),
@@ -699,6 +818,22 @@ def main(argv=None):
             json.dump(raw, f, indent=1, default=str)
     log(f"wrote {args.out}")
     return results
+
+
+def _cell(dataset, arch, seed, args, log=None):
+    """One (dataset, arch, seed) cell: every library trained interleaved on the same task. Runs in a worker
+    process with ``--jobs``."""
+    torch.set_num_threads(args.threads)
+    if log is None:
+        t0 = time.time()
+
+        def log(msg):
+            print(f"[{dataset}/{arch}/seed {seed} {time.time() - t0:5.0f}s] {msg}", flush=True)
+
+    task = make_task(dataset, args, seed)
+    res = bench_one(dataset, arch, task, args.libs, seed, args, log)
+    source = f"{dataset}: {task['source']}, train/val/test {task['sizes']}"
+    return res, source, task["reference"]
 
 
 EXTRA_NOTES = """## How the models are made equal, and where they are not

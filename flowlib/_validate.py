@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_positive", "check_int", "check_probability"]
+__all__ = ["check_tensor", "check_dtype", "module_dtype", "check_positive", "check_int", "check_probability"]
 
 
 def check_tensor(
@@ -18,6 +18,7 @@ def check_tensor(
     event_shape: tuple[int, ...] | None = None,
     ndim: int | None = None,
     finite: bool = True,
+    allow_empty: bool = False,
 ) -> torch.Tensor:
     """Check a batched input and return it unchanged.
 
@@ -28,11 +29,18 @@ def check_tensor(
     event_shape : if given, ``x`` must have shape ``(batch, *event_shape)``.
     ndim : if given (and ``event_shape`` is not), ``x.dim()`` must equal it.
     finite : if true, NaN or infinite entries are an error.
+    allow_empty : if false (the default), an empty batch (first axis of size 0) is an error. flowlib's one
+        rule for empty batches: every public entry point refuses them with a ``ValueError``, so a model never
+        initialises from, or averages over, zero samples (which would give NaN silently).
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must have a floating-point dtype (float32 or float64), got {x.dtype}")
+    if not allow_empty and x.dim() >= 1 and x.shape[0] == 0:
+        raise ValueError(
+            f"{name} must hold at least one sample (shape (batch >= 1, ...)), got shape {tuple(x.shape)}"
+        )
     if event_shape is not None:
         event_shape = tuple(int(s) for s in event_shape)
         if x.dim() != len(event_shape) + 1 or tuple(x.shape[1:]) != event_shape:
@@ -44,6 +52,35 @@ def check_tensor(
     if finite and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); expected finite numbers")
+    return x
+
+
+def module_dtype(module) -> torch.dtype | None:
+    """The floating-point dtype of ``module``'s first floating parameter or buffer (``None`` if it has none)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in module.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def check_dtype(x: torch.Tensor, module, name: str = "x") -> torch.Tensor:
+    """Raise ``TypeError`` unless ``x`` has the dtype of ``module``'s floating-point parameters and buffers.
+
+    flowlib's one rule for dtype mismatches: a module with floating-point parameters or buffers accepts only
+    inputs of that dtype (no silent promotion, no error from deep inside torch); a module without any
+    (``Reverse``, ``Squeeze``, ``Logit``) works in the dtype of its input.
+    """
+    dtype = module_dtype(module)
+    if dtype is not None and x.dtype != dtype:
+        kind = "double" if dtype == torch.float64 else "float" if dtype == torch.float32 else None
+        fix = f"x.to({dtype})" + (f" or convert the module with .{kind}()" if kind else "")
+        raise TypeError(
+            f"{name} must have dtype {dtype} like the parameters of {type(module).__name__}, got {x.dtype}; "
+            f"convert the input ({fix.replace('x.', name + '.', 1)})"
+        )
     return x
 
 

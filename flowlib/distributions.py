@@ -54,7 +54,7 @@ def _store(module: nn.Module, name: str, value: torch.Tensor, trainable: bool) -
 def _as_float_tensor(value, name: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value, dtype=torch.get_default_dtype())
-    check_tensor(value, name=name, ndim=value.dim())
+    check_tensor(value, name=name, ndim=value.dim(), allow_empty=True)
     return value
 
 

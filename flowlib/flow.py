@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_int, check_tensor
+from flowlib._validate import check_dtype, check_int, check_tensor
 from flowlib.transforms.base import Compose, Transform
 
 __all__ = ["Flow"]
@@ -43,6 +43,8 @@ class Flow(nn.Module):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample log-density in nats, shape ``(batch,)``: equation (1)."""
         check_tensor(x, name="x", event_shape=self.event_shape)
+        check_dtype(x, self, "x")
+        self.transform._check_shape(tuple(x.shape), "x")  # shapes only: no second scan of x
         z, logdet = self.transform._forward(x)  # validated once, here
         return self.base.log_prob(z) + logdet
 

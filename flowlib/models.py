@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from flowlib._validate import check_int
 from flowlib.flow import Flow
+from flowlib.transforms.actnorm import ActNorm
 from flowlib.transforms.base import Compose
-from flowlib.transforms.coupling import AdditiveCoupling, AffineCoupling, half_mask
+from flowlib.transforms.coupling import MLP, AdditiveCoupling, AffineCoupling, half_mask
 from flowlib.transforms.elementwise import NICEScaling, as_event_shape
 from flowlib.transforms.glow import GlowStep
 from flowlib.transforms.multiscale import MultiScale
@@ -40,13 +41,23 @@ def nice(dim: int, num_layers: int = 4, hidden=(64, 64)) -> Flow:
     return Flow(Compose(*layers, NICEScaling(dim)), _standard_normal((dim,)))
 
 
-def realnvp(dim: int, num_layers: int = 8, hidden=(64, 64)) -> Flow:
+def realnvp(dim: int, num_layers: int = 8, hidden=(64, 64), last_init="zeros", actnorm: bool = False) -> Flow:
     """RealNVP for vectors (Dinh et al., 2017): ``num_layers`` affine couplings alternating the two halves
     of the input (``half_mask(dim, first=True)``, then ``first=False``, ...), each with an ``MLP``
-    conditioner of widths ``hidden`` and bounded scales (``AffineCoupling``)."""
+    conditioner of widths ``hidden`` and bounded scales (``AffineCoupling``).
+
+    ``last_init`` initialises the last layer of every conditioner (see :class:`flowlib.transforms.MLP`:
+    ``"zeros"``, ``"default"`` or a float std); ``actnorm=True`` puts an ``ActNorm`` in front of every
+    coupling. ``benchmarks/RESULTS.md`` compares these choices at a fixed budget."""
     check_int(dim, "dim", minimum=2)
     check_int(num_layers, "num_layers")
-    layers = [AffineCoupling(half_mask(dim, first=k % 2 == 0), hidden) for k in range(num_layers)]
+    layers = []
+    for k in range(num_layers):
+        mask = half_mask(dim, first=k % 2 == 0)
+        n_a = int(mask.sum())
+        if actnorm:
+            layers.append(ActNorm(dim))
+        layers.append(AffineCoupling(mask, MLP(n_a, 2 * (dim - n_a), hidden, last_init=last_init)))
     return Flow(Compose(*layers), _standard_normal((dim,)))
 
 

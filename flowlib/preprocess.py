@@ -48,7 +48,10 @@ class UniformDequantization(nn.Module):
     the discrete model's log-likelihood. ``flowlib.metrics.bits_per_dim(..., num_levels=L)`` adds exactly
     this ``D log L`` offset.
 
-    ``forward(x, generator=None)`` draws ``u`` (pass a ``torch.Generator`` for reproducibility).
+    ``forward(x, generator=None)`` draws ``u`` (pass a ``torch.Generator`` for reproducibility). ``y`` is
+    computed in float64 and returned in ``x``'s dtype; in float32, the few draws that rounding would put on
+    the cell's upper edge (``y == 1.0`` for ``x = L - 1``) are moved to the largest float inside the cell, so
+    both promises hold exactly in either dtype.
     """
 
     def __init__(self, num_bits: int = 8, num_levels: int | None = None):
@@ -60,8 +63,19 @@ class UniformDequantization(nn.Module):
         L = self.num_levels
         if ((x < 0) | (x > L - 1) | (x != x.round())).any():
             raise ValueError(f"x must hold integers in 0..{L - 1} (stored as floats)")
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return (x + u) / L
+        u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
+        # Compute in float64, round to x's dtype, then move every y that rounding pushed out of its cell
+        # (y == 1.0, or floor(L * y) != x when computed in x's dtype, as ``quantize`` does) to the nearest
+        # float inside the cell: in float32 both happen a few times per million draws.
+        y = ((x.to(torch.float64) + u) / L).to(x.dtype)
+        for _ in range(8):
+            cell = torch.floor(y * L)
+            high, low = cell > x, cell < x
+            if not (high.any() or low.any()):
+                return y
+            y = torch.where(high, torch.nextafter(y, torch.zeros_like(y)), y)
+            y = torch.where(low, torch.nextafter(y, torch.ones_like(y)), y)
+        raise RuntimeError("UniformDequantization could not place y inside its cell")  # pragma: no cover
 
     def extra_repr(self):
         return f"num_levels={self.num_levels}"
@@ -85,7 +99,14 @@ class Logit(Transform):
     * cost: elementwise, O(D).
 
     ``alpha`` in ``[0, 1/2)`` keeps ``y`` finite at ``x = 0`` and ``x = 1`` (``alpha = 0`` is the plain logit
-    and requires ``0 < x < 1``). Works on any event shape; ``forward`` requires ``x`` in ``[0, 1]``.
+    and requires ``0 < x < 1``). Works on any event shape. ``forward`` requires ``x`` in ``[0, 1]`` (in
+    ``(0, 1)`` when ``alpha = 0``) and raises ``ValueError`` otherwise, also inside a ``Compose`` or a
+    ``Flow`` (the range is checked in ``_forward``, one comparison per entry).
+
+    Range of the inverse. ``inverse`` accepts any real ``y``, and with ``alpha > 0`` it maps the real line
+    onto the open interval ``(-alpha / (1 - 2 alpha), (1 - alpha) / (1 - 2 alpha))``, wider than
+    ``[0, 1]`` (about ``(-0.056, 1.056)`` for ``alpha = 0.05``): samples of a flow with a ``Logit`` layer
+    can fall slightly outside ``[0, 1]``; clamp them (or ``quantize``) before showing them as images.
     """
 
     def __init__(self, alpha: float = 0.05):
@@ -95,14 +116,15 @@ class Logit(Transform):
             raise ValueError(f"alpha must lie in [0, 0.5), got {alpha!r}")
         self.alpha = alpha
 
-    def forward(self, x):
-        check_tensor(x, name="x")
-        if ((x < 0) | (x > 1)).any():
-            raise ValueError("x must lie in [0, 1] for the Logit transform")
-        return self._forward(x)
-
     def _forward(self, x):
         a = self.alpha
+        if a == 0:
+            if ((x <= 0) | (x >= 1)).any():
+                raise ValueError("x must lie in the open interval (0, 1) for Logit(alpha=0) (0 and 1 map to "
+                                 "-inf and +inf); use alpha > 0 to allow the endpoints")
+        elif ((x < 0) | (x > 1)).any():
+            raise ValueError(f"x must lie in [0, 1] for the Logit transform, got values in "
+                             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
         s = a + (1 - 2 * a) * x
         y = torch.log(s) - torch.log1p(-s)
         logdet = _sum_except_batch(math.log(1 - 2 * a) - torch.log(s) - torch.log1p(-s))

@@ -5,14 +5,30 @@
 1. round trip: ``inverse(forward(x)) == x``;
 2. the forward and inverse log-dets cancel: ``ld_f(x) + ld_inv(f(x)) == 0``;
 3. the log-det equals ``log|det J|`` of the Jacobian computed by autograd
-   (``torch.autograd.functional.jacobian`` followed by ``torch.linalg.slogdet``), sample by sample.
+   (``torch.autograd.functional.jacobian`` followed by ``torch.linalg.slogdet``), sample by sample;
+
+and, with ``check_bad_inputs=True`` (the default), flowlib's two library-wide rules for bad input:
+
+4. an empty batch (0 rows) raises ``ValueError`` in both directions;
+5. an input of the other floating dtype (float32 vs float64) raises ``TypeError`` if the transform has
+   floating-point parameters or buffers; a transform without any returns ``z`` and ``logdet`` in the
+   input's dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["jacobian_logdet", "per_sample_jacobian", "check_transform", "perturb_parameters"]
+from flowlib._validate import module_dtype
+
+__all__ = [
+    "jacobian_logdet",
+    "per_sample_jacobian",
+    "check_transform",
+    "check_empty_batch",
+    "check_dtype_mismatch",
+    "perturb_parameters",
+]
 
 
 def per_sample_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +66,7 @@ def check_transform(
     rtol: float = 0.0,
     check_jacobian: bool = True,
     logdet_atol: float | None = None,
+    check_bad_inputs: bool = True,
 ) -> dict:
     """Assert the round trip, log-det cancellation and log-det == slogdet(autograd Jacobian).
 
@@ -84,7 +101,46 @@ def check_transform(
             raise AssertionError(
                 f"log-det differs from slogdet of the autograd Jacobian by {out['jacobian']:.3e}"
             )
+    if check_bad_inputs:
+        check_empty_batch(transform, x, z)
+        check_dtype_mismatch(transform, x)
     return out
+
+
+def check_empty_batch(transform, x: torch.Tensor, z: torch.Tensor | None = None) -> None:
+    """Assert that ``forward`` (and ``inverse``, on ``z``'s shape) refuse a batch of 0 rows with ``ValueError``."""
+    pairs = [("forward", transform.forward, x)]
+    if z is not None:
+        pairs.append(("inverse", transform.inverse, z))
+    for direction, fn, v in pairs:
+        try:
+            fn(v[:0])
+        except ValueError as e:
+            if "at least one sample" not in str(e):
+                raise AssertionError(f"{direction} of an empty batch raised an unclear ValueError: {e}") from None
+        else:
+            raise AssertionError(f"{direction} accepted an empty batch; expected ValueError")
+
+
+def check_dtype_mismatch(transform, x: torch.Tensor) -> None:
+    """Assert flowlib's dtype rule on ``x`` converted to the other dtype (float32 <-> float64): ``TypeError``
+    naming the dtype for a transform with floating-point parameters or buffers, else outputs in ``x``'s dtype."""
+    other = torch.float32 if x.dtype == torch.float64 else torch.float64
+    xo = x.to(other)
+    if module_dtype(transform) is not None:
+        try:
+            with torch.no_grad():
+                transform(xo)
+        except TypeError as e:
+            if "dtype" not in str(e):
+                raise AssertionError(f"a dtype mismatch raised an unclear TypeError: {e}") from None
+        else:
+            raise AssertionError(f"forward accepted a {other} input into a {module_dtype(transform)} module")
+        return
+    with torch.no_grad():
+        z, ld = transform(xo)
+    if z.dtype != other or ld.dtype != other:
+        raise AssertionError(f"a {other} input gave z in {z.dtype} and logdet in {ld.dtype}")
 
 
 def perturb_parameters(module, scale: float = 0.3, seed: int = 0):

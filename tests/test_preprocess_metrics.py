@@ -87,6 +87,32 @@ def test_dequantization_range_and_roundtrip():
     assert y17.dtype == D64 and torch.equal(quantize(y17, num_levels=17), x17)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", [256, 17])
+def test_dequantization_cells_are_exact_at_the_boundaries(dtype, levels):
+    # Regression (issue 16): in float32, (x + u) / L rounded to y == 1.0 at x = L - 1 a few times per
+    # million draws, and some random x landed in the next cell. 2 million draws per case.
+    n, gen = 2_000_000, torch.Generator().manual_seed(0)
+    deq = UniformDequantization(num_levels=levels)
+    for x in (
+        torch.full((n, 1), levels - 1.0, dtype=dtype),
+        torch.zeros(n, 1, dtype=dtype),
+        torch.randint(0, levels, (n, 1), generator=gen).to(dtype),
+    ):
+        y = deq(x, generator=gen)
+        assert y.dtype == dtype
+        assert y.min() >= 0 and y.max() < 1
+        assert torch.equal(quantize(y, num_levels=levels), x)  # floor(L y) in y's dtype
+        y64 = y.double() * levels  # and the cell holds exactly, in float64 too
+        assert torch.all((y64 >= x.double()) & (y64 < x.double() + 1))
+
+
+def test_naive_float32_dequantization_really_hits_the_edge():
+    """The test above can fail: the formula flowlib used before gives y == 1.0 within 2 million draws."""
+    u = torch.rand(2_000_000, generator=torch.Generator().manual_seed(0))
+    assert ((255 + u) / 256 == 1.0).any()
+
+
 def test_dequantization_bad_input():
     deq = UniformDequantization()
     with pytest.raises(ValueError, match=r"integers in 0..255"):

@@ -428,3 +428,28 @@ def test_cuda_roundtrip(name):
     z, ld = t(x)
     assert z.device == x.device and ld.device == x.device
     check_transform(t, x, check_jacobian=False)
+
+
+# ---------------------------------------------------------------- conditioner initialisation (issue 16)
+
+
+def test_conditioner_last_init_options():
+    from flowlib.transforms import MLP, ConvNet
+
+    assert MLP(2, 4, (8,))[-1].weight.abs().max() == 0  # "zeros": the identity coupling at start
+    assert MLP(2, 4, (8,), last_init="default")[-1].weight.abs().max() > 0
+    w = MLP(2, 4, (64,), last_init=1e-2)[-1].weight
+    assert 0 < w.std() < 2e-2
+    assert ConvNet(2, 4, 8, last_init="default")[-1].weight.abs().max() > 0
+    for bad in ("ones", 0.0, -1e-2, True):
+        with pytest.raises(ValueError, match="last_init"):
+            MLP(2, 4, (8,), last_init=bad)
+
+
+@pytest.mark.parametrize("kwargs", [dict(last_init="default"), dict(last_init=1e-2), dict(actnorm=True)])
+def test_realnvp_variants_are_valid_flows(kwargs):
+    flow = models.realnvp(4, num_layers=4, hidden=(16,), **kwargs)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    flow = flow.double()
+    flow.log_prob(x)  # initialises the ActNorms, if any
+    check_transform(flow.transform, x)

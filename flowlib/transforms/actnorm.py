@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_int, check_positive, check_tensor
+from flowlib._validate import check_int, check_positive
 from flowlib.transforms.base import Transform
 
 __all__ = ["ActNorm"]
@@ -29,7 +29,14 @@ class ActNorm(Transform):
     output has zero mean and unit variance per channel; afterwards both are ordinary parameters. The
     boolean buffer ``initialized`` records that this has happened, so the choice survives
     ``state_dict`` save and load (a loaded model is not re-initialised). In eval mode, or when
-    ``inverse`` is called first, no initialisation happens (the layer is then the identity).
+    ``inverse`` is called first, no initialisation happens (the layer is then the identity); note that
+    ``inverse`` does not count as "seen": the first ``forward`` in training mode initialises the layer even
+    if ``inverse`` (e.g. ``Flow.sample``) was called before, and from then on both directions change.
+
+    The initialising batch must have a spread in every channel: a single sample (vectors), or a channel
+    whose values are all equal (standard deviation ``<= eps``), would set the scale to about ``1 / eps``
+    (1e6) without a word, so ``ValueError`` is raised instead. Initialise with a batch of several distinct
+    samples, or skip the data initialisation: ``layer.initialized.fill_(True)`` (or call it in eval mode).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-6):
@@ -41,14 +48,13 @@ class ActNorm(Transform):
         self.register_buffer("initialized", torch.tensor(False))
         self._init_seen = False  # Python copy of `initialized`, so that training steps need no device sync
 
-    def _check(self, x, name):
-        x = check_tensor(x, name=name)
-        if x.dim() not in (2, 4) or x.shape[1] != self.num_features:
+    def _check_shape(self, shape, name, inverse=False):
+        if len(shape) not in (2, 4) or shape[1] != self.num_features:
             raise ValueError(
                 f"{name} must have shape (batch, {self.num_features}) or (batch, {self.num_features}, H, W), "
-                f"got {tuple(x.shape)}"
+                f"got {tuple(shape)}"
             )
-        return x
+        return tuple(shape)
 
     def _view(self, p, x):
         """Reshape a per-channel vector so that it broadcasts against ``x``."""
@@ -60,8 +66,22 @@ class ActNorm(Transform):
     @torch.no_grad()
     def _data_init(self, x):
         dims = [0, 2, 3] if x.dim() == 4 else [0]
+        if x.numel() // self.num_features < 2:
+            raise ValueError(
+                f"ActNorm initialises its scale from the spread of the first training batch, but that batch has "
+                f"one value per channel (shape {tuple(x.shape)}); call it first with a batch of several samples, "
+                f"or skip the data initialisation with layer.initialized.fill_(True)"
+            )
         mean = x.mean(dim=dims)
         std = x.std(dim=dims, unbiased=False)
+        flat = (std <= self.eps).nonzero().flatten().tolist()
+        if flat:
+            raise ValueError(
+                f"ActNorm initialises its scale to 1 / std of the first training batch, but channel(s) {flat[:10]} "
+                f"have std <= eps = {self.eps:g} (constant in this batch), which would give a scale of about "
+                f"{1 / (2 * self.eps):.0e}; initialise with a batch whose channels vary, or skip the data "
+                f"initialisation with layer.initialized.fill_(True)"
+            )
         self.loc.copy_(mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)

@@ -19,13 +19,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_tensor
+from flowlib._validate import check_dtype, check_tensor
 
 __all__ = ["Transform", "Compose", "InverseTransform", "NoAnalyticInverse"]
 
 
 class NoAnalyticInverse(NotImplementedError):
     """Raised by transforms whose inverse has no closed form and is not solved numerically."""
+
+
+_CHECK_TAKES_DIRECTION: dict[type, bool] = {}
+
+
+def _check_takes_direction(cls) -> bool:
+    """Whether ``cls._check`` accepts ``inverse=`` (older subclasses override ``_check(x, name)``)."""
+    if cls not in _CHECK_TAKES_DIRECTION:
+        import inspect
+
+        params = inspect.signature(cls._check).parameters
+        _CHECK_TAKES_DIRECTION[cls] = "inverse" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return _CHECK_TAKES_DIRECTION[cls]
 
 
 class Transform(nn.Module):
@@ -40,9 +53,30 @@ class Transform(nn.Module):
     #: True for layers whose log-det is identically 0 (permutations, squeezes, additive couplings);
     #: ``Compose`` then skips their log-det bookkeeping.
     volume_preserving: bool = False
+    #: False for layers whose output shape differs from their input shape (``Squeeze``).
+    shape_preserving: bool = True
 
-    def _check(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return check_tensor(x, name=name, event_shape=self.event_shape)
+    def _check(self, x: torch.Tensor, name: str, inverse: bool = False) -> torch.Tensor:
+        """Validate an input at a public entry point: a non-empty floating-point tensor of finite numbers
+        (``check_tensor``), of this module's dtype (``check_dtype``), of a shape this layer accepts
+        (``_check_shape``). Raises ``ValueError`` (``TypeError`` for a dtype mismatch) naming what was expected."""
+        check_tensor(x, name=name)
+        check_dtype(x, self, name)
+        self._check_shape(tuple(x.shape), name, inverse)
+        return x
+
+    def _check_shape(self, shape: tuple[int, ...], name: str, inverse: bool = False) -> tuple[int, ...]:
+        """Check the shape of an input of ``forward`` (``inverse=False``) or ``inverse`` and return the shape
+        of the output. Shapes only, no tensor work: ``Compose`` calls it for every layer, once per call.
+
+        The default checks ``(batch, *event_shape)`` when ``event_shape`` is set and preserves the shape.
+        Layers that only know their width (``ActNorm``, ``Permutation``, ...) or change the shape
+        (``Squeeze``) override it."""
+        if self.event_shape is not None:
+            es = tuple(self.event_shape)
+            if len(shape) != len(es) + 1 or tuple(shape[1:]) != es:
+                raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, es))}), got {tuple(shape)}")
+        return tuple(shape)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalize: ``x -> (z, log|det dz/dx|)``."""
@@ -50,7 +84,9 @@ class Transform(nn.Module):
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate: ``z -> (x, log|det dx/dz|)``."""
-        return self._inverse(self._check(z, "z"))
+        if _check_takes_direction(type(self)):
+            return self._inverse(self._check(z, "z", inverse=True))
+        return self._inverse(self._check(z, "z"))  # a subclass's own ``_check(x, name)``
 
     def _forward(self, x):  # pragma: no cover - interface
         raise NotImplementedError
@@ -72,6 +108,12 @@ class Compose(Transform):
 
     ``forward(x, return_intermediates=True)`` also returns the list ``[x, h_1, ..., h_K]`` that the
     book uses to draw what each layer does.
+
+    Shape checks. ``forward`` and ``inverse`` validate their input once, then walk its shape through every
+    layer (``_check_shape``, no tensor work), so a wrong width is reported with the layer that expected it,
+    in both directions, also when only a later layer knows the width. Adjacent layers whose widths
+    disagree are refused at construction. ``event_shape`` is the first one known before the first layer that
+    changes the shape.
     """
 
     def __init__(self, *transforms: Transform):
@@ -82,7 +124,22 @@ class Compose(Transform):
             if not isinstance(t, Transform):
                 raise ValueError(f"Compose takes Transform instances, got {type(t).__name__}")
         self.transforms = nn.ModuleList(transforms)
-        self.event_shape = transforms[0].event_shape if transforms else None
+        self.event_shape = None
+        for t in transforms:
+            if t.event_shape is not None:
+                self.event_shape = tuple(t.event_shape)
+                break
+            if not t.shape_preserving:
+                break
+        if self.event_shape is not None:  # layers that disagree with each other fail here, not at the first call
+            try:
+                self._check_shape((1, *self.event_shape), "x")
+            except ValueError as e:
+                raise ValueError(f"the layers of this Compose disagree on the shape of their input: {e}") from None
+
+    @property
+    def shape_preserving(self):
+        return all(t.shape_preserving for t in self.transforms)
 
     def __len__(self):
         return len(self.transforms)
@@ -92,13 +149,22 @@ class Compose(Transform):
 
     def forward(self, x, return_intermediates: bool = False):
         """Normalize through every layer; input is validated once here, not at every layer."""
-        check_tensor(x, name="x", event_shape=self.event_shape)
+        self._check(x, "x")
         return self._run(x, self.transforms, "_forward", return_intermediates)
 
     def inverse(self, z, return_intermediates: bool = False):
         """Generate through every layer, last layer first."""
-        check_tensor(z, name="z")
+        self._check(z, "z", inverse=True)
         return self._run(z, list(reversed(self.transforms)), "_inverse", return_intermediates)
+
+    def _check_shape(self, shape, name, inverse=False):
+        layers = list(enumerate(self.transforms))
+        for k, t in reversed(layers) if inverse else layers:
+            try:
+                shape = t._check_shape(shape, name, inverse)
+            except ValueError as e:
+                raise ValueError(f"layer {k} ({type(t).__name__}) of the Compose: {e}") from None
+        return shape
 
     def _forward(self, x):
         return self._run(x, self.transforms, "_forward", False)
@@ -128,6 +194,13 @@ class InverseTransform(Transform):
         super().__init__()
         self.base_transform = transform
         self.event_shape = transform.event_shape
+
+    @property
+    def shape_preserving(self):
+        return self.base_transform.shape_preserving
+
+    def _check_shape(self, shape, name, inverse=False):
+        return self.base_transform._check_shape(shape, name, not inverse)
 
     def _forward(self, x):
         return self.base_transform.inverse(x)

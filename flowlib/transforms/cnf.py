@@ -41,7 +41,10 @@ class _ODEFunc(nn.Module):
         z = state[0]
         create = torch.is_grad_enabled()  # False inside a no_grad solve: then nothing is kept
         with torch.enable_grad():
-            z = z if z.requires_grad else z.detach().requires_grad_(True)
+            # Differentiate through z itself only when a graph is being built and z is part of it. In a
+            # no_grad solve (the forward pass of odeint_adjoint) z may still carry requires_grad=True from an
+            # earlier layer without being connected to this graph: take a fresh leaf then.
+            z = z if (create and z.requires_grad) else z.detach().requires_grad_(True)
             dz = self.velocity(t, z)
             if self.trace == "exact":  # d backward passes, one per diagonal entry
                 tr = sum(
@@ -73,7 +76,13 @@ class CNF(Transform):
       to meet ``atol``/``rtol``. The map is invertible up to the solver error.
 
     ``adjoint=True`` uses ``torchdiffeq.odeint_adjoint`` (memory O(1) in the number of steps, gradients by
-    a backward ODE solve). The last layer of ``f`` starts at zero, so the flow starts as the identity.
+    a backward ODE solve); it works anywhere in a composition (gradients flow to the input and to the
+    parameters of earlier layers). The last layer of ``f`` starts at zero, so the flow starts as the identity.
+
+    Batches and adaptive solvers: the whole batch is one ODE system, so an adaptive solver picks one step
+    size for all samples (the one the hardest sample needs). A sample's ``z`` and log-det therefore change
+    slightly (within the solver tolerance) with the other samples in its batch; use a fixed-step solver
+    (``solver='rk4'``) when results must not depend on the batch.
     """
 
     def __init__(self, dim: int, hidden=(64, 64), t1: float = 1.0, trace: str = "exact",

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowlib._validate import check_int, check_tensor
+from flowlib._validate import check_int
 from flowlib.transforms.base import Transform
 from flowlib.transforms.linear import LUParams, random_rotation
 
@@ -37,13 +37,10 @@ class Invertible1x1Conv(Transform):
         if not lu:
             self.weight = nn.Parameter(random_rotation(num_channels, seed))
 
-    def _check(self, x, name):
-        x = check_tensor(x, name=name)
-        if x.dim() != 4 or x.shape[1] != self.num_channels:
-            raise ValueError(
-                f"{name} must have shape (batch, {self.num_channels}, H, W), got {tuple(x.shape)}"
-            )
-        return x
+    def _check_shape(self, shape, name, inverse=False):
+        if len(shape) != 4 or shape[1] != self.num_channels:
+            raise ValueError(f"{name} must have shape (batch, {self.num_channels}, H, W), got {tuple(shape)}")
+        return tuple(shape)
 
     def _weight_and_logabsdet(self):
         if self.lu is not None:

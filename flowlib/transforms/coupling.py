@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_int, check_positive, check_tensor
+from flowlib._validate import check_int, check_positive
 from flowlib.transforms.base import Transform, _sum_except_batch
 
 __all__ = [
@@ -96,21 +96,38 @@ def _hidden(hidden, name="hidden") -> tuple[int, ...]:
     return tuple(check_int(h, f"every entry of {name}") for h in hidden)
 
 
+def _init_last(last: nn.Module, last_init) -> None:
+    """Initialise a conditioner's last layer: ``"zeros"`` (identity coupling at start), ``"default"``
+    (PyTorch's own init, kept), or a positive float ``std`` (weights ``N(0, std^2)``, bias 0)."""
+    if isinstance(last_init, str) and last_init == "zeros":
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    elif isinstance(last_init, str) and last_init == "default":
+        pass
+    elif isinstance(last_init, (int, float)) and not isinstance(last_init, bool) and last_init > 0:
+        nn.init.normal_(last.weight, std=float(last_init))
+        nn.init.zeros_(last.bias)
+    else:
+        raise ValueError(f"last_init must be 'zeros', 'default' or a positive float std, got {last_init!r}")
+
+
 class MLP(nn.Sequential):
     """Fully connected conditioner ``in_features -> hidden... -> out_features``.
 
-    The last layer is initialised to zero, so a coupling layer that uses it starts as the identity map
-    (a standard trick that makes deep flows trainable from the first step).
+    ``last_init`` initialises the last layer: ``"zeros"`` (the default) makes a coupling layer that uses it
+    start as the identity map (a standard trick that makes deep flows trainable from the first step);
+    ``"default"`` keeps PyTorch's initialisation; a float ``std`` draws the weights from ``N(0, std^2)``.
+    ``benchmarks/RESULTS.md`` measures the choices at a fixed budget.
     """
 
-    def __init__(self, in_features: int, out_features: int, hidden=(64, 64), activation=nn.ReLU):
+    def __init__(self, in_features: int, out_features: int, hidden=(64, 64), activation=nn.ReLU,
+                 last_init="zeros"):
         layers, n = [], check_int(in_features, "in_features")
         for h in _hidden(hidden):
             layers += [nn.Linear(n, h), activation()]
             n = h
         last = nn.Linear(n, check_int(out_features, "out_features"))
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        _init_last(last, last_init)
         super().__init__(*layers, last)
 
 
@@ -118,17 +135,17 @@ class ConvNet(nn.Sequential):
     """Small convolutional conditioner for images: 3x3 conv, 1x1 conv, 3x3 conv (zero-initialised).
 
     ``(B, in_channels, H, W) -> (B, out_channels, H, W)``; ``hidden`` gives the widths of the two hidden
-    layers (an int means both).
+    layers (an int means both). ``last_init`` as in :class:`MLP` (``"zeros"`` by default).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden=(64, 64), activation=nn.ReLU):
+    def __init__(self, in_channels: int, out_channels: int, hidden=(64, 64), activation=nn.ReLU,
+                 last_init="zeros"):
         widths = _hidden(hidden)
         if len(widths) != 2:
             raise ValueError(f"ConvNet hidden must be an int or a pair of ints (two layers), got {hidden!r}")
         h1, h2 = widths
         last = nn.Conv2d(h2, check_int(out_channels, "out_channels"), 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        _init_last(last, last_init)
         super().__init__(
             nn.Conv2d(check_int(in_channels, "in_channels"), h1, 3, padding=1),
             activation(),
@@ -198,13 +215,12 @@ class _Coupling(Transform):
         else:
             self.conditioner = MLP(n_in, n_out, conditioner)
 
-    def _check(self, x, name):
+    def _check_shape(self, shape, name, inverse=False):
         if not (self.image and self.split):
-            return super()._check(x, name)
-        x = check_tensor(x, name=name)
-        if x.dim() != 4 or x.shape[1] != self.n_features:
-            raise ValueError(f"{name} must have shape (batch, {self.n_features}, H, W), got {tuple(x.shape)}")
-        return x
+            return super()._check_shape(shape, name, inverse)
+        if len(shape) != 4 or shape[1] != self.n_features:
+            raise ValueError(f"{name} must have shape (batch, {self.n_features}, H, W), got {tuple(shape)}")
+        return tuple(shape)
 
     def _split(self, x):
         """``(x_a, x_b)``; in masked mode ``(mask * x, x)``."""

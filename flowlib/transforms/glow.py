@@ -22,6 +22,9 @@ class GlowStep(Compose):
     The 1x1 convolution replaces a fixed channel permutation: the coupling always transforms the second
     half of the channels given the first (``channel_mask(C)``), and the learnt ``W`` decides which
     mixtures of channels end up in each half. ``num_channels`` must be even.
+
+    Input shape: ``(batch, num_channels, H, W)`` for any ``H, W`` (the layers are convolutional), so
+    ``event_shape`` is ``None`` and ``forward``/``inverse`` check the number of axes and of channels.
     """
 
     def __init__(
@@ -38,3 +41,10 @@ class GlowStep(Compose):
             Invertible1x1Conv(c, lu=lu, seed=seed),
             AffineCoupling(channel_mask(c), check_int(hidden_channels, "hidden_channels"), scale_bound),
         )
+        self.num_channels = c
+
+    def _check_shape(self, shape, name, inverse=False):
+        c = self.num_channels
+        if len(shape) != 4 or shape[1] != c:
+            raise ValueError(f"{name} must have shape (batch, {c}, H, W) for GlowStep({c}), got {tuple(shape)}")
+        return super()._check_shape(shape, name, inverse)

@@ -47,8 +47,15 @@ class IResBlock(Transform):
     are refined ``n_power_iterations`` times per call only in training mode with autograd enabled (a
     training step); otherwise the stored vectors are used, so ``forward`` and ``inverse`` see the same
     weights. ``sigma = u^T W v`` and the weight used is ``W * min(1, lipschitz / sigma)``. Power iteration
-    approaches the top singular value from below, so a layer can exceed ``lipschitz`` by the (small)
-    estimation error; after changing weights by hand, call ``power_iterate(n)`` to re-converge.
+    approaches the top singular value from below, so during training a layer can exceed ``lipschitz`` by the
+    (small) estimation error.
+
+    Guarantee outside training steps. The block keeps a copy of every weight as it was when ``u``, ``v``
+    were last refined. On every call that is not a training step (eval mode, ``no_grad``, ``inverse``), a
+    weight that differs from its copy (edited by hand, loaded, perturbed, or changed by the optimizer since
+    the last training step) gets ``u``, ``v`` recomputed exactly from its SVD before use, so
+    ``Lip(g) <= lipschitz**L < 1`` holds whatever was done to the parameters (cost: one SVD per changed
+    weight, once). ``power_iterate(n)`` still refines the estimates by hand.
     ``seed`` seeds the Hutchinson probe vectors.
     """
 
@@ -84,7 +91,32 @@ class IResBlock(Transform):
         for i, lin in enumerate(self.linears):
             self.register_buffer(f"u{i}", F.normalize(torch.randn(lin.out_features), dim=0))
             self.register_buffer(f"v{i}", F.normalize(torch.randn(lin.in_features), dim=0))
+            # the weight as it was when u_i, v_i were last refined (not saved: a loaded model re-syncs)
+            self.register_buffer(f"w_seen{i}", torch.full_like(lin.weight, float("nan")), persistent=False)
         self.power_iterate(50)  # start from converged estimates
+
+    @torch.no_grad()
+    def _remember_weights(self) -> None:
+        for i, lin in enumerate(self.linears):
+            getattr(self, f"w_seen{i}").copy_(lin.weight)
+
+    @torch.no_grad()
+    def _sync_singular_vectors(self) -> None:
+        """Recompute ``u_i``, ``v_i`` exactly (SVD) for every weight changed since they were last refined."""
+        for i, lin in enumerate(self.linears):
+            seen, W = getattr(self, f"w_seen{i}"), lin.weight
+            if seen.shape == W.shape and seen.dtype == W.dtype and torch.equal(seen, W):
+                continue
+            U, _, Vh = torch.linalg.svd(W, full_matrices=False)
+            u, v = U[:, 0], Vh[0]
+            if (u @ W @ v) < 0:  # keep sigma = u^T W v positive
+                u = -u
+            getattr(self, f"u{i}").copy_(u)
+            getattr(self, f"v{i}").copy_(v)
+            if seen.shape == W.shape:
+                seen.copy_(W)
+            else:
+                setattr(self, f"w_seen{i}", W.detach().clone())
 
     @torch.no_grad()
     def power_iterate(self, n: int = 1) -> None:
@@ -94,11 +126,14 @@ class IResBlock(Transform):
             for _ in range(n):
                 v.copy_(F.normalize(W.T @ u, dim=0))
                 u.copy_(F.normalize(W @ v, dim=0))
+        self._remember_weights()
 
     def normalized_weights(self) -> list[torch.Tensor]:
         """Each weight scaled to spectral norm ``<= lipschitz`` (``sigma`` estimated by power iteration)."""
         if self.training and torch.is_grad_enabled():
             self.power_iterate(self.n_power_iterations)
+        else:
+            self._sync_singular_vectors()
         weights = []
         for i, lin in enumerate(self.linears):
             # clones: a later power iteration updates u, v in place, and autograd needs these values

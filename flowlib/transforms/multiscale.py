@@ -64,6 +64,12 @@ class MultiScale(Transform):
                 raise ValueError(
                     f"level {k} must work on shape {shape}, but its event_shape is {level.event_shape}"
                 )
+            if not level.shape_preserving:
+                raise ValueError(f"level {k} ({type(level).__name__}) must preserve the shape of its input")
+            try:  # also the layers that know only their width (ActNorm, GlowStep, ...)
+                level._check_shape((1, *shape), "x")
+            except ValueError as e:
+                raise ValueError(f"level {k} ({type(level).__name__}) must work on shape {shape}: {e}") from None
         self.levels = nn.ModuleList(levels)
         self.squeeze = Squeeze(2) if squeeze else None
         # sizes of the pieces of the flattened z: half of each level's output but the last, then all of it

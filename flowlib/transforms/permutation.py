@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from flowlib._validate import check_int, check_tensor
+from flowlib._validate import check_int
 from flowlib.transforms.base import Transform
 
 __all__ = ["Permutation", "Reverse"]
@@ -58,13 +58,12 @@ class Permutation(Transform):
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
 
-    def _check(self, x, name):
-        x = check_tensor(x, name=name)
-        if x.dim() <= self.dim or x.shape[self.dim] != self.num_features:
+    def _check_shape(self, shape, name, inverse=False):
+        if len(shape) <= self.dim or shape[self.dim] != self.num_features:
             raise ValueError(
-                f"{name} must have size {self.num_features} along dim {self.dim}, got shape {tuple(x.shape)}"
+                f"{name} must have size {self.num_features} along dim {self.dim}, got shape {tuple(shape)}"
             )
-        return x
+        return tuple(shape)
 
     def _forward(self, x):
         return x.index_select(self.dim, self.perm), x.new_zeros(x.shape[0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowlib._validate import check_int, check_tensor
+from flowlib._validate import check_int
 from flowlib.transforms.base import Transform
 
 __all__ = ["Squeeze"]
@@ -22,13 +22,28 @@ class Squeeze(Transform):
     """
 
     volume_preserving = True
+    shape_preserving = False
 
     def __init__(self, factor: int = 2):
         super().__init__()
         self.factor = check_int(factor, "factor")
 
-    def _check(self, x, name):
-        return check_tensor(x, name=name, ndim=4)
+    def _check_shape(self, shape, name, inverse=False):
+        if len(shape) != 4:
+            raise ValueError(f"{name} must have 4 dimensions (batch, C, H, W), got shape {tuple(shape)}")
+        b, c, h, w = shape
+        f = self.factor
+        if inverse:
+            if c % (f * f):
+                raise ValueError(
+                    f"{name} must have a number of channels divisible by factor**2={f * f}, got shape {tuple(shape)}"
+                )
+            return (b, c // (f * f), h * f, w * f)
+        if h % f or w % f:
+            raise ValueError(
+                f"{name} must have height and width divisible by factor={f}, got shape {tuple(shape)}"
+            )
+        return (b, c * f * f, h // f, w // f)
 
     def _forward(self, x):
         b, c, h, w = x.shape
