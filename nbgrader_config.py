@@ -35,7 +35,7 @@ c.CourseDirectory.solution_directory = os.path.join(WORK, "release_solution")
 c.CourseDirectory.db_url = os.environ.get("NBGRADER_DB_URL") or "sqlite:///" + os.path.join(
     WORK, "gradebook.db"
 )
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "README.md", ".*"]
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "README.md", ".*", "hidden_checks.py"]
 c.CourseDirectory.max_file_size = 10_000  # kB; larger extra files are not copied into autograded/
 
 c.Exchange.root = os.environ.get("NBGRADER_EXCHANGE") or os.path.join(WORK, "exchange")

@@ -440,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="export grades to CSV")
     e.add_argument("--to", default=os.path.join(work_dir(), "grades.csv"))
     sub.add_parser("status", help="show configuration and gradebook summary")
+    ps = sub.add_parser("publish-student", help="write the student repository (no solutions, no hidden checks)")
+    ps.add_argument("dest")
+    ps.add_argument("--force", action="store_true")
     ns = p.parse_args(argv)
     if ns.cmd == "generate":
         cmd_generate(ns.assignments, ns.release_dir)
@@ -458,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grades written to {os.path.abspath(ns.to)}")
     elif ns.cmd == "status":
         cmd_status()
+    elif ns.cmd == "publish-student":
+        from course_tools.publish import main as publish_main
+
+        return publish_main([ns.dest, *(["--force"] if ns.force else [])])
     return 0
 
 

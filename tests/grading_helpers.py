@@ -419,12 +419,12 @@ DESIGNED_PARTIALS = {
             "q1_answer": "def entropy(p):\n    return -(p * torch.log(p)).sum(dim=-1)\n",
             # textbook formula without support handling: passes q2_basic (1), nan on zeros in p
             "q2_answer": "def kl_divergence(p, q):\n    return (p * torch.log(p / q)).sum(dim=-1)\n",
-            # q3 right (3); q4 forgets the square root: fails q4 (0)
+            # q3 right (3); q4 forgets the square root: fails q4 (0); q5 right (2)
             "q4_answer": "def mc_estimate(f, d, n, generator):\n"
             "    v = f(torch.randn(n, d, generator=generator, dtype=torch.float64))\n"
             "    return v.mean(), v.std() / n\n",
         },
-        5.0,
+        7.0,
     ),
 }
 

@@ -118,3 +118,87 @@ def test_no_solution_or_hidden_test_in_the_built_book():
     assert not leaks, "solution code or hidden tests appear in the built book:\n" + "\n".join(
         f"{f}: {p[:80]}" for f, p in leaks[:20]
     )
+
+
+# ---------------------------------------------------------------- every page reads well (layout, images, search)
+LAYOUT_JS = """(() => {
+  const art = document.querySelector('article.bd-article') || document.querySelector('[role=main]');
+  const out = {overflow: [], tables: [], images: [], pre: []};
+  if (!art) { out.overflow.push('no article element'); return out; }
+  if (art.scrollWidth > art.clientWidth + 2) out.overflow.push(`article ${art.scrollWidth} > ${art.clientWidth}`);
+  const doc = document.documentElement;
+  if (doc.scrollWidth > doc.clientWidth + 2) out.overflow.push(`page ${doc.scrollWidth} > ${doc.clientWidth}`);
+  art.querySelectorAll('table').forEach((t, i) => {
+    if (t.scrollWidth > t.clientWidth + 2) out.tables.push(`table ${i}: ${t.scrollWidth} > ${t.clientWidth}`);
+  });
+  art.querySelectorAll('pre').forEach((p, i) => {
+    if (p.scrollWidth > p.clientWidth + 2) out.pre.push(`code block ${i}: ${p.textContent.slice(0, 60)}`);
+  });
+  art.querySelectorAll('img').forEach((im) => {
+    const alt = (im.getAttribute('alt') || '').trim();
+    const name = im.getAttribute('src') || '';
+    if (!im.complete || im.naturalWidth < 100 || im.naturalHeight < 50)
+      out.images.push(`${name}: too small or not loaded (${im.naturalWidth}x${im.naturalHeight})`);
+    if (alt.length < 8 || /\\.(png|svg|jpe?g|gif)$/i.test(alt)) out.images.push(`${name}: no alt text ("${alt}")`);
+  });
+  return out;
+})()"""
+
+
+def test_every_page_fits_the_column_and_every_image_is_described(site):
+    base, browser = site
+    problems = []
+    for doc in toc_files():
+        browser.goto(f"{base}/{doc}.html", settle=0.3)
+        found = browser.evaluate(LAYOUT_JS)
+        for kind, items in found.items():
+            problems += [f"{doc}: {kind}: {item}" for item in items]
+    assert not problems, "layout problems on the built pages:\n" + "\n".join(problems[:40])
+
+
+@pytest.mark.parametrize("query", ["Jacobian", "entropy", "Cholesky", "Bayes", "mutual information"])
+def test_search_snippets_show_the_query_word(site, query):
+    base, browser = site
+    browser.goto(f"{base}/search.html?q={query}", settle=0.5)
+    n = browser.wait_for("document.querySelectorAll('#search-results ul.search li p.context').length", timeout=20)
+    assert n, f"no search result with a snippet for {query!r}"
+    browser.pump(1.0)
+    snippets = browser.evaluate(
+        "[...document.querySelectorAll('#search-results ul.search li p.context')].map(p => p.textContent)"
+    )
+    bad = [s[:100] for s in snippets if query.lower() not in s.lower()]
+    assert not bad, f"search snippets for {query!r} that do not show the word: {bad[:5]}"
+    assert not any("\\(" in s or "\\[" in s for s in snippets), f"raw TeX in the snippets for {query!r}"
+
+
+def test_launch_and_repository_links_point_at_the_student_repository():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repo_url = config["repository"]["url"].rstrip("/")
+    hub = config["launch_buttons"]["jupyterhub_url"].rstrip("/")
+    branch = config["repository"].get("branch", "main")
+    assert repo_url.endswith("-student"), "the book must link the student repository, not the course repository"
+    lectures = [f for f in toc_files() if f.startswith("chapters/") and (ROOT / f"{f}.ipynb").exists()]
+    assert lectures
+    for doc in lectures:
+        page = (HTML / f"{doc}.html").read_text()
+        links = [html_unescape(h) for h in re.findall(r'href="([^"]*git-pull[^"]*)"', page)]
+        assert links, f"{doc}: no JupyterHub launch link"
+        for link in links:
+            from urllib.parse import parse_qs, urlsplit
+
+            assert link.startswith(f"{hub}/hub/user-redirect/git-pull?"), link
+            query = parse_qs(urlsplit(link).query)
+            assert query["repo"] == [repo_url] and query["branch"] == [branch], link
+            repo_name = repo_url.rsplit("/", 1)[-1]
+            assert query["urlpath"] == [f"lab/tree/{repo_name}/{doc}.ipynb"], f"{doc}: launch opens another file"
+    for page in HTML.rglob("*.html"):
+        text = page.read_text(errors="replace")
+        assert "github.com/dgm-flows-course/dgm-flows\"" not in text and "solutions/" not in " ".join(
+            re.findall(r'href="([^"]*)"', text)
+        ), f"{page.relative_to(HTML)} links the course repository or solutions/"
+
+
+def html_unescape(s: str) -> str:
+    import html
+
+    return html.unescape(s)

@@ -18,6 +18,21 @@ def _tensor(x, what: str) -> torch.Tensor:
     return x
 
 
+def _pair_of_scalars(out) -> tuple[float, float]:
+    """Check the (estimate, stderr) contract before reading numbers; say what was expected."""
+    expect(
+        isinstance(out, tuple) and len(out) == 2,
+        f"expected a tuple (estimate, stderr), got {type(out).__name__}",
+    )
+    for name, value in zip(("the estimate", "the standard error"), out):
+        expect(
+            isinstance(value, torch.Tensor),
+            f"{name} should be a scalar torch.Tensor (e.g. v.mean()), got {type(value).__name__}",
+        )
+        expect(value.shape == (), f"{name} should be a scalar tensor (shape ()), got shape {tuple(value.shape)}")
+    return out[0].item(), out[1].item()
+
+
 def _close(a: float, b: float, tol: float = 1e-6) -> bool:
     return math.isfinite(a) and abs(a - b) <= tol * (1 + abs(b))
 
@@ -33,6 +48,11 @@ def _q1_basic(ns):
         f"entropy of a (4,) tensor should have shape () (a scalar tensor), got {tuple(h.shape)}",
     )
     expect(h.dtype == torch.float64, f"keep the input dtype: expected float64, got {h.dtype}")
+    expect(
+        not _close(h.item(), 2.0),
+        f"got {h.item():.6f} = log2(4): that is the entropy in bits; the question asks for nats "
+        "(natural logarithm, torch.log), i.e. log 4 = 1.386294",
+    )
     expect(_close(h.item(), math.log(4)), f"expected log 4 = {math.log(4):.6f} nats, got {h.item():.6f}")
     rows = [[0.25, 0.25, 0.25, 0.25], [0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1]]
     hb = _tensor(entropy(torch.tensor(rows, dtype=torch.float64)), "entropy(batch)")
@@ -137,42 +157,86 @@ def _q3_torch(ns):
     )
 
 
+@visible("ch01.q3.scale", "Q3 a 300-d Gaussian with covariance 0.01 I: det underflows, the log-det must not")
+def _q3_scale(ns):
+    f = need(ns, "mvn_log_prob")
+    d = 300
+    cov = 0.01 * torch.eye(d, dtype=torch.float64)
+    out = _tensor(f(torch.zeros(1, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), cov), "mvn_log_prob")
+    expect(out.shape == (1,), f"for x of shape (1, {d}) expected shape (1,), got {tuple(out.shape)}")
+    want = -0.5 * d * math.log(2 * math.pi * 0.01)
+    v = out.item()
+    expect(
+        math.isfinite(v),
+        f"got {v}: det(0.01 I) = 1e-600 underflows to 0 in float64, so log det = -inf. "
+        "Use log det Sigma = 2 sum_i log L_ii from the Cholesky factor L",
+    )
+    expect(_close(v, want), f"expected -d/2 log(2 pi 0.01) = {want:.4f}, got {v:.4f}")
+
+
 # ---------------------------------------------------------------- Q4 Monte Carlo
 @visible("ch01.q4.contract", "Q4 returns (estimate, standard error) as scalar tensors from torch.randn(n, d)")
 def _q4_contract(ns):
     f = need(ns, "mc_estimate")
-    out = f(lambda z: z[:, 0], 2, 10, torch.Generator().manual_seed(0))
-    expect(
-        isinstance(out, tuple) and len(out) == 2,
-        f"expected a tuple (estimate, stderr), got {type(out).__name__}",
-    )
-    est, se = (_tensor(o, "each returned value") for o in out)
-    expect(
-        est.shape == () and se.shape == (),
-        f"expected two scalar tensors, got shapes {tuple(est.shape)}, {tuple(se.shape)}",
-    )
+    est, se = _pair_of_scalars(f(lambda z: z[:, 0], 2, 10, torch.Generator().manual_seed(0)))
     z = torch.randn(10, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     v = z[:, 0]
     expect(
-        _close(est.item(), v.mean().item()),
+        _close(est, v.mean().item()),
         "draw exactly torch.randn(n, d, generator=generator, "
-        f"dtype=torch.float64) once: expected estimate {v.mean().item():.6f}, got {est.item():.6f}",
+        f"dtype=torch.float64) once: expected estimate {v.mean().item():.6f}, got {est:.6f}",
     )
     want_se = v.std().item() / math.sqrt(10)
     expect(
-        _close(se.item(), want_se),
-        f"expected stderr = sample std (with n - 1) / sqrt(n) = {want_se:.6f}, got {se.item():.6f}",
+        _close(se, want_se),
+        f"expected stderr = sample std (with n - 1) / sqrt(n) = {want_se:.6f}, got {se:.6f}",
     )
 
 
 @visible("ch01.q4.stderr", "Q4 E|Z|^2 = 3 for Z ~ N(0, I_3): the estimate is within 4 standard errors")
 def _q4_stderr(ns):
     f = need(ns, "mc_estimate")
-    est, se = f(lambda z: (z**2).sum(-1), 3, 4000, torch.Generator().manual_seed(1))
-    est, se = est.item(), se.item()
+    est, se = _pair_of_scalars(f(lambda z: (z**2).sum(-1), 3, 4000, torch.Generator().manual_seed(1)))
     expect(se > 0, f"the standard error should be positive, got {se}")
     expect(abs(est - 3) < 4 * se, f"expected 3 +- 4 x {se:.4f}, got {est:.4f}")
     expect(
         abs(se - math.sqrt(6 / 4000)) < 0.1 * math.sqrt(6 / 4000),
         f"Var|Z|^2 = 6, so expected stderr close to sqrt(6 / 4000) = {math.sqrt(6 / 4000):.4f}, got {se:.4f}",
+    )
+
+
+# ---------------------------------------------------------------- Q5 mutual information
+def _mi_scalar(ns, table, what):
+    mi = need(ns, "mutual_information")
+    out = _tensor(mi(torch.tensor(table, dtype=torch.float64)), what)
+    expect(out.shape == (), f"{what} should be a scalar tensor (shape ()), got shape {tuple(out.shape)}")
+    expect(out.dtype == torch.float64, f"keep the input dtype: expected float64, got {out.dtype}")
+    v = out.item()
+    expect(not math.isnan(v), f"{what} is nan: cells with p(x, y) = 0 must contribute 0 (torch.xlogy or torch.where)")
+    return v
+
+
+@visible("ch01.q5.basic", "Q5 X = Y, a fair coin: I(X; Y) = H(X) = log 2 (and the zero cells contribute 0)")
+def _q5_basic(ns):
+    v = _mi_scalar(ns, [[0.5, 0.0], [0.0, 0.5]], "mutual_information(joint)")
+    expect(
+        not _close(v, 1.0),
+        "got 1.0 = log2(2): that is bits; the question asks for nats (natural logarithm): log 2 = 0.693147",
+    )
+    expect(_close(v, math.log(2)), f"expected log 2 = {math.log(2):.6f} nats, got {v:.6f}")
+
+
+@visible("ch01.q5.independent", "Q5 an independent table p(x) p(y) has I(X; Y) = 0; a 2x3 example is positive")
+def _q5_independent(ns):
+    px, py = [0.3, 0.7], [0.2, 0.5, 0.3]
+    v = _mi_scalar(ns, [[a * b for b in py] for a in px], "mutual_information(p(x) p(y))")
+    expect(abs(v) < 1e-10, f"for an independent table expected 0, got {v:.3g}")
+    table = [[0.3, 0.1, 0.1], [0.0, 0.2, 0.3]]
+    mx = [sum(r) for r in table]
+    my = [sum(c) for c in zip(*table)]
+    want = sum(p * math.log(p / (mx[i] * my[j])) for i, r in enumerate(table) for j, p in enumerate(r) if p > 0)
+    v2 = _mi_scalar(ns, table, "mutual_information(joint)")
+    expect(
+        _close(v2, want),
+        f"expected {want:.6f} for the table {table}, got {v2:.6f} (the marginals are the row and column sums)",
     )

@@ -1,0 +1,625 @@
+"""Hidden checks decided outside the student's process.
+
+Why: any check that runs in the student's kernel can be subverted by the student's code (rebinding builtins,
+patching torch, ``sys.displayhook``, frame tricks, tracing, input transformers, ...). So a hidden check is split:
+
+* **in the student's kernel** a *probe* only calls the student's functions on inputs that arrive as plain data
+  (JSON: numbers, strings, tensors as dtype/shape/values, seeded generators) and displays the results as plain
+  data (never code, never pickles). The probe is generic: it knows function names and inputs, no check and no
+  reference value;
+* **in the grader's process**, which never runs student code and which the kernel cannot reach, the author's
+  check functions recompute the expected values and compare. Their verdict replaces every output of the test
+  cell, so nbgrader's score comes from the verdict alone.
+
+Authors write one module per assignment, ``solutions/<assignment>/hidden_checks.py``::
+
+    import torch
+    from course_tools.hidden import Checks, expect_close, expect_tensor
+
+    checks = Checks("ch01_probability")
+
+    @checks.cell("q1_basic_test")            # the grade_id of the test cell it decides
+    def q1_batch(student):
+        g = torch.Generator().manual_seed(11)
+        p = torch.rand(6, 5, generator=g, dtype=torch.float64) + 0.05
+        p = p / p.sum(-1, keepdim=True)
+        got = student.entropy(p)              # 1. every call to the student's code first ...
+        got = expect_tensor(got, "entropy(p)", shape=(6,), dtype=torch.float64)
+        ref = -(p * p.log()).sum(-1)          # 2. ... then references and comparisons
+        expect_close(got, ref, "the entropy of a batch of random distributions is wrong")
+
+How it runs. Each check function runs twice in the grader. First in *record* mode, before the kernel starts:
+``student.<name>(...)`` records the call and returns a placeholder, and the function stops at the first use of a
+placeholder; the recorded calls become the probe. After the kernel has executed the notebook, the function runs
+again in *replay* mode: the same calls (they must be deterministic: seed every input) return the student's
+results, decoded from the probe's output. Hence the one rule: **make every call to the student's code before
+using any of its results** (pass a result on to another student call as ``student.g(out[0])``: that is allowed,
+the probe resolves it in the kernel). ``python -m course_tools.hidden selftest <assignment>`` runs a notebook this
+way (no sandbox) and prints each cell's verdict; the grading tests do the same for every assignment.
+
+What a call may take: tensors (any real dtype; up to 200,000 elements), Python numbers, bools, None, strings,
+lists/tuples/dicts of those, ``Generator(seed)`` (a fresh ``torch.Generator().manual_seed(seed)`` in the kernel),
+``Source("expression", seed=...)`` (a small input object built the same way on both sides, e.g.
+``Source("lambda z: z[:, 0] * z[:, 1]")`` or ``Source("torch.nn.Linear(3, 4)", seed=0)``; ``.build()`` gives the
+grader's copy) and the results of earlier calls. What comes back: the same plain types; anything else arrives as
+an ``Opaque`` with its type name. A call that raised comes back as ``StudentRaised`` (uncaught, it fails the check
+with the student's error message; catch an expected one with ``with raises(ValueError):``).
+``student.jacobian(name, x, *args, out=0)`` returns the autograd Jacobian of the student's function with respect
+to its first argument, computed in the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import secrets
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MIME = "application/x-course-probe+json"
+MAX_ELEMENTS = 200_000  # per tensor, both directions
+MAX_PAYLOAD = 8_000_000  # bytes of JSON the grader accepts from one cell
+_FLOAT_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+# ================================================================ errors and verdicts
+class CheckFailed(AssertionError):
+    """A hidden check failed; the message is shown to the student (it must not reveal reference values)."""
+
+
+class AuthorError(RuntimeError):
+    """The hidden checks themselves are wrong (not the student's fault): grading must stop for this cell."""
+
+
+class StudentRaised(Exception):
+    """The student's function raised ``type_name: message`` in the kernel."""
+
+    def __init__(self, function: str, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.function, self.type_name, self.message = function, type_name, message
+
+
+@dataclass
+class Verdict:
+    grade_id: str
+    passed: bool
+    messages: list[str] = field(default_factory=list)
+    author_error: bool = False  # True: the checks are broken; the instructor must fix and regrade
+
+
+def fail(message: str) -> None:
+    raise CheckFailed(message)
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+# ================================================================ inputs that are not plain values
+@dataclass(frozen=True)
+class Generator:
+    """A ``torch.Generator().manual_seed(seed)`` created in the kernel (and by ``.build()`` in the grader)."""
+
+    seed: int
+
+    def build(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A small input object given by an expression over ``torch``, ``math`` and ``nn``, built under ``seed``."""
+
+    expression: str
+    seed: int = 0
+
+    def build(self) -> Any:
+        return _build_source(self.expression, self.seed)
+
+
+def _build_source(expression: str, seed: int) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        obj = eval(expression, {"torch": torch, "math": math, "nn": torch.nn, "__builtins__": __builtins__})
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.double()
+    return obj
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """A result that is not plain data (e.g. a module or a numpy array): only its type name arrives."""
+
+    type_name: str
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name}>"
+
+
+# ================================================================ plain-data encoding (grader side)
+def encode(obj: Any) -> Any:
+    """Encode an input for the probe. Raises ``AuthorError`` for anything that is not plain data."""
+    if isinstance(obj, _Pending):
+        return {"$ref": [obj.index, *obj.path]}
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"$float": repr(obj)}
+    if isinstance(obj, torch.Tensor):
+        if obj.is_complex() or str(obj.dtype).replace("torch.", "") not in _FLOAT_DTYPES:
+            raise AuthorError(f"unsupported tensor dtype {obj.dtype}")
+        if obj.numel() > MAX_ELEMENTS:
+            raise AuthorError(f"input tensor with {obj.numel()} elements is larger than {MAX_ELEMENTS}")
+        flat = obj.detach().cpu().reshape(-1).tolist()
+        flat = [v if not isinstance(v, float) or math.isfinite(v) else {"$float": repr(v)} for v in flat]
+        return {"$tensor": {"dtype": str(obj.dtype).replace("torch.", ""), "shape": list(obj.shape), "data": flat}}
+    if isinstance(obj, Generator):
+        return {"$gen": int(obj.seed)}
+    if isinstance(obj, Source):
+        return {"$src": obj.expression, "seed": int(obj.seed)}
+    if isinstance(obj, tuple):
+        return {"$tuple": [encode(v) for v in obj]}
+    if isinstance(obj, list):
+        return [encode(v) for v in obj]
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        return {"$dict": {k: encode(v) for k, v in obj.items()}}
+    raise AuthorError(f"cannot send a {type(obj).__name__} to the student's kernel: use plain data")
+
+
+def decode(obj: Any, _depth: int = 0) -> Any:
+    """Decode a result that came from the kernel. Strict: anything unexpected becomes an ``Opaque``."""
+    if _depth > 20:
+        return Opaque("deeply nested value")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, list):
+        return [decode(v, _depth + 1) for v in obj]
+    if isinstance(obj, dict) and len(obj) == 1:
+        (key, val), = obj.items()
+        if key == "$float" and val in ("nan", "inf", "-inf"):
+            return float(val)
+        if key == "$tuple" and isinstance(val, list):
+            return tuple(decode(v, _depth + 1) for v in val)
+        if key == "$dict" and isinstance(val, dict):
+            return {str(k): decode(v, _depth + 1) for k, v in val.items()}
+        if key == "$other" and isinstance(val, str):
+            return Opaque(val[:100])
+        if key == "$tensor" and isinstance(val, dict):
+            return _decode_tensor(val)
+    return Opaque("malformed result")
+
+
+def _decode_tensor(val: dict) -> Any:
+    dtype = _FLOAT_DTYPES.get(val.get("dtype"))
+    shape, data = val.get("shape"), val.get("data")
+    if dtype is None or not isinstance(shape, list) or not isinstance(data, list):
+        return Opaque("malformed tensor")
+    if not all(type(s) is int and s >= 0 for s in shape) or len(data) > MAX_ELEMENTS:
+        return Opaque("malformed tensor")
+    if math.prod(shape) != len(data):
+        return Opaque("malformed tensor")
+    values = []
+    for v in data:
+        if isinstance(v, dict) and v.get("$float") in ("nan", "inf", "-inf"):
+            values.append(float(v["$float"]))
+        elif type(v) in (int, float, bool):
+            values.append(v)
+        else:
+            return Opaque("malformed tensor")
+    try:
+        return torch.tensor(values, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return Opaque("malformed tensor")
+
+
+# ================================================================ the student proxy (record / replay)
+class _NeedResults(Exception):
+    """Record mode: a check used a result that only exists after the kernel ran."""
+
+
+def _need(*_a: Any, **_k: Any) -> Any:
+    raise _NeedResults
+
+
+class _Pending:
+    """Placeholder for a student result in record mode. Indexing gives a reference to a part of it."""
+
+    def __init__(self, index: int, path: tuple = ()):
+        self.index, self.path = index, path
+
+    def __getitem__(self, key: Any) -> _Pending:
+        if not isinstance(key, (int, str)):
+            raise _NeedResults
+        return _Pending(self.index, (*self.path, key))
+
+    def __getattr__(self, name: str) -> Any:
+        raise _NeedResults
+
+    def __torch_function__(self, *a: Any, **k: Any) -> Any:
+        raise _NeedResults
+
+
+for _dunder in (
+    "__iter__ __len__ __bool__ __float__ __int__ __index__ __complex__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ "
+    "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __pow__ __rpow__ __neg__ "
+    "__abs__ __matmul__ __rmatmul__ __contains__ __array__ __format__ __hash__"
+).split():
+    setattr(_Pending, _dunder, _need)
+
+
+@dataclass
+class _Call:
+    op: str  # "call" or "jacobian"
+    name: str
+    args: list
+    kwargs: dict
+    out: int | None = None
+
+    def spec(self) -> dict:
+        return {"op": self.op, "name": self.name, "args": self.args, "kwargs": self.kwargs, "out": self.out}
+
+
+class Student:
+    """What a check function sees: ``student.f(*args)`` calls the student's ``f`` (recorded, then replayed)."""
+
+    def __init__(self, mode: str, results: list | None = None, recorded: list[_Call] | None = None):
+        self._mode, self._results, self._recorded = mode, results, recorded
+        self._calls: list[_Call] = []
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call("call", name, args, kwargs, None)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Same as ``student.<name>(...)``, for names that are not identifiers or start with ``_``."""
+        return self._call("call", name, args, kwargs, None)
+
+    def jacobian(self, name: str, x: Any, *args: Any, out: int | None = None, **kwargs: Any) -> Any:
+        """The autograd Jacobian of ``name(x, *args)`` (of its ``out``-th output) with respect to ``x``."""
+        return self._call("jacobian", name, (x, *args), kwargs, out)
+
+    def _call(self, op: str, name: str, args: tuple, kwargs: dict, out: int | None) -> Any:
+        call = _Call(op, name, [encode(a) for a in args], {k: encode(v) for k, v in kwargs.items()}, out)
+        index = len(self._calls)
+        self._calls.append(call)
+        if self._mode == "record":
+            return _Pending(index)
+        assert self._recorded is not None and self._results is not None
+        if index >= len(self._recorded) or self._recorded[index].spec() != call.spec():
+            raise AuthorError(
+                f"call {index} ({name}) differs from the recorded one: inputs must be deterministic (seed them) "
+                "and every call to the student's code must come before any use of a result"
+            )
+        if index >= len(self._results):
+            raise CheckFailed("the grader did not receive the results of your code (did the cell finish?)")
+        res = self._results[index]
+        if not isinstance(res, dict):
+            raise CheckFailed("the grader received a malformed result from the kernel")
+        if "raised" in res:
+            raise StudentRaised(name, str(res.get("raised"))[:100], str(res.get("message", ""))[:500])
+        return decode(res.get("value"))
+
+
+@contextlib.contextmanager
+def raises(*type_names: type[BaseException] | str, message: str | None = None) -> Iterator[None]:
+    """Expect the student call inside the block to raise one of these exception types (given by class or name)."""
+    names = {t if isinstance(t, str) else t.__name__ for t in type_names}
+    try:
+        yield
+    except StudentRaised as exc:
+        if exc.type_name not in names:
+            raise CheckFailed(
+                message or f"expected {' or '.join(sorted(names))}, but your code raised {exc.type_name}"
+            ) from None
+        return
+    except _NeedResults:
+        raise
+    raise CheckFailed(message or f"expected your code to raise {' or '.join(sorted(names))}, but it returned")
+
+
+# ================================================================ comparisons for authors
+def expect_tensor(x: Any, what: str, shape: tuple | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Check that ``x`` is a tensor (optionally of this shape and dtype); returns it. Says what was expected."""
+    if isinstance(x, _Pending):
+        raise _NeedResults
+    if not isinstance(x, torch.Tensor):
+        name = x.type_name if isinstance(x, Opaque) else type(x).__name__
+        fail(f"{what} should be a torch.Tensor, got {name}")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        fail(f"{what} should have shape {tuple(shape)}, got {tuple(x.shape)}")
+    if dtype is not None and x.dtype != dtype:
+        want, got = str(dtype).replace("torch.", ""), str(x.dtype).replace("torch.", "")
+        fail(f"{what} should keep the dtype {want}, got {got}")
+    return x
+
+
+def expect_float(x: Any, what: str) -> float:
+    """A Python number or a one-element tensor, as a float."""
+    if isinstance(x, _Pending):
+        raise _NeedResults
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and x.is_floating_point():
+        return float(x.reshape(()).item())
+    if type(x) in (int, float):
+        return float(x)
+    name = x.type_name if isinstance(x, Opaque) else type(x).__name__
+    fail(f"{what} should be a number or a one-element tensor, got {name}")
+    return math.nan  # unreachable
+
+
+def close(got: Any, want: Any, rtol: float = 1e-7, atol: float = 1e-9) -> bool:
+    """Elementwise ``|got - want| <= atol + rtol |want|``; infinities must match exactly; NaN never matches."""
+    if isinstance(got, _Pending):
+        raise _NeedResults
+    try:
+        g = torch.as_tensor(got, dtype=torch.float64)
+        w = torch.as_tensor(want, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    if g.shape != w.shape:
+        return False
+    if torch.isnan(g).any() or torch.isnan(w).any():
+        return False
+    inf = torch.isinf(w)
+    if not torch.equal(g[inf], w[inf]) or torch.isinf(g[~inf]).any():
+        return False
+    return bool(((g[~inf] - w[~inf]).abs() <= atol + rtol * w[~inf].abs()).all())
+
+
+def expect_close(got: Any, want: Any, message: str, rtol: float = 1e-7, atol: float = 1e-9) -> None:
+    """Fail with ``message`` unless ``got`` matches ``want`` (shape first, then values; NaN is named)."""
+    if isinstance(got, _Pending):
+        raise _NeedResults
+    if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and got.shape != want.shape:
+        fail(f"{message} (expected shape {tuple(want.shape)}, got {tuple(got.shape)})")
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and torch.isnan(got).any():
+        fail(f"{message} (your result contains nan)")
+    if not close(got, want, rtol, atol):
+        fail(message)
+
+
+# ================================================================ an assignment's checks
+@dataclass
+class _Case:
+    grade_id: str
+    func: Callable[[Student], None]
+
+
+class Checks:
+    """The hidden checks of one assignment: check functions registered per test cell (``grade_id``)."""
+
+    def __init__(self, assignment: str):
+        self.assignment = assignment
+        self.cases: dict[str, list[_Case]] = {}
+
+    def cell(self, grade_id: str) -> Callable:
+        """Register a check function deciding the test cell ``grade_id`` (several per cell: all must pass)."""
+
+        def deco(func: Callable[[Student], None]) -> Callable[[Student], None]:
+            self.cases.setdefault(grade_id, []).append(_Case(grade_id, func))
+            return func
+
+        return deco
+
+    # ---------------------------------------------------------------- record
+    def record(self, grade_id: str) -> list[list[_Call]]:
+        """The calls each check of this cell makes (run in record mode, in the grader)."""
+        out = []
+        for case in self.cases[grade_id]:
+            student = Student("record")
+            try:
+                case.func(student)
+            except _NeedResults:
+                pass
+            except (CheckFailed, StudentRaised):
+                pass
+            except Exception as exc:
+                what = f"hidden check {case.func.__name__} of {grade_id}"
+                raise AuthorError(f"{what} failed while recording: {exc!r}") from exc
+            out.append(student._calls)
+        return out
+
+    # ---------------------------------------------------------------- replay
+    def decide(self, grade_id: str, recorded: list[list[_Call]], results: list[list] | None) -> Verdict:
+        if results is None:
+            return Verdict(grade_id, False, ["the grader received no results from this cell: it did not run to the "
+                                             "end (an error, a timeout, or a kernel that died earlier)"])
+        if len(results) != len(recorded):
+            return Verdict(grade_id, False, ["the grader received malformed results from this cell"])
+        messages, passed = [], True
+        for case, calls, res in zip(self.cases[grade_id], recorded, results):
+            label = _label(case.func)
+            student = Student("replay", results=res if isinstance(res, list) else [], recorded=calls)
+            try:
+                case.func(student)
+                if len(student._calls) != len(calls):
+                    raise AuthorError(f"{case.func.__name__} made {len(student._calls)} calls, {len(calls)} recorded")
+            except CheckFailed as exc:
+                passed = False
+                messages.append(f"[FAIL] {label}: {exc}")
+            except StudentRaised as exc:
+                passed = False
+                messages.append(f"[FAIL] {label}: your `{exc.function}` raised {exc.type_name}: {exc.message}")
+            except AuthorError as exc:
+                return Verdict(grade_id, False, [f"grader error (not your fault; the instructor will regrade): {exc}"],
+                               author_error=True)
+            except Exception as exc:  # a student result the check did not expect (e.g. an Opaque in arithmetic)
+                passed = False
+                messages.append(f"[FAIL] {label}: your result could not be checked ({type(exc).__name__}: {exc})")
+            else:
+                messages.append(f"[ok]   {label}")
+        return Verdict(grade_id, passed, messages)
+
+
+def _label(func: Callable) -> str:
+    doc = (func.__doc__ or "").strip().splitlines()
+    return doc[0].strip() if doc else func.__name__.strip("_").replace("_", " ")
+
+
+def load_checks(source_assignment_dir: str | Path) -> Checks | None:
+    """Import ``<dir>/hidden_checks.py`` in this (the grader's) process; ``None`` when the file does not exist."""
+    path = Path(source_assignment_dir) / "hidden_checks.py"
+    if not path.is_file():
+        return None
+    name = f"_course_hidden_checks_{path.parent.name}_{secrets.token_hex(4)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checks = getattr(module, "checks", None)
+    if not isinstance(checks, Checks):
+        raise AuthorError(f"{path} must define `checks = Checks(...)`")
+    return checks
+
+
+# ================================================================ notebook instrumentation
+def graded_code_cells(nb: Any) -> Iterator[tuple[int, Any, str]]:
+    for i, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.get("cell_type") == "code" and meta.get("grade") and not meta.get("solution"):
+            yield i, cell, str(meta.get("grade_id"))
+
+
+def validate(nb: Any, checks: Checks) -> None:
+    """Every graded code cell has checks and every check names a graded cell; raises ``AuthorError`` otherwise."""
+    ids = [gid for _, _, gid in graded_code_cells(nb)]
+    missing = [g for g in ids if g not in checks.cases]
+    unknown = [g for g in checks.cases if g not in ids]
+    if missing or unknown:
+        raise AuthorError(f"{checks.assignment}: test cells without hidden checks {missing}; "
+                          f"checks for cells that do not exist {unknown}")
+
+
+def instrument(nb: Any, checks: Checks, nonce: str) -> dict[str, list[list[_Call]]]:
+    """Replace each graded code cell's source by a probe of the recorded calls. Returns what was recorded."""
+    validate(nb, checks)
+    recorded = {}
+    for _, cell, gid in graded_code_cells(nb):
+        recorded[gid] = checks.record(gid)
+        spec = {"nonce": nonce, "cell": gid, "cases": [[c.spec() for c in calls] for calls in recorded[gid]]}
+        cell.source = probe_source(spec)
+        cell.outputs = []
+    return recorded
+
+
+def probe_source(spec: dict) -> str:
+    payload = json.dumps(spec, separators=(",", ":"))
+    return f"# graded outside this kernel: your functions are called on the grader's inputs\n" \
+           f"__import__('course_tools.probe', fromlist=['run']).run({payload!r})\n"
+
+
+def _results_of(cell: Any, nonce: str) -> list | None:
+    found = []
+    for out in cell.get("outputs", []):
+        data = out.get("data", {}) if out.get("output_type") in ("display_data", "execute_result") else {}
+        bundle = data.get(MIME)
+        if isinstance(bundle, dict) and bundle.get("nonce") == nonce:
+            found.append(bundle.get("payload"))
+    if len(found) != 1 or not isinstance(found[0], str) or len(found[0]) > MAX_PAYLOAD:
+        return None
+    try:
+        results = json.loads(found[0])
+    except ValueError:
+        return None
+    return results if isinstance(results, list) else None
+
+
+def judge(nb: Any, checks: Checks, nonce: str, recorded: dict[str, list[list[_Call]]] | None = None) -> dict:
+    """Decide every graded code cell from the probe results in its outputs (grader process only)."""
+    if recorded is None:
+        recorded = {gid: checks.record(gid) for _, _, gid in graded_code_cells(nb)}
+    verdicts = {}
+    for _, cell, gid in graded_code_cells(nb):
+        verdicts[gid] = checks.decide(gid, recorded[gid], _results_of(cell, nonce))
+    return verdicts
+
+
+def apply_verdicts(nb: Any, verdicts: dict[str, Verdict]) -> None:
+    """Replace ALL outputs of each graded code cell by its verdict (an error output when it failed)."""
+    import nbformat
+
+    for _, cell, gid in graded_code_cells(nb):
+        v = verdicts.get(gid) or Verdict(gid, False, ["no verdict for this cell"], author_error=True)
+        text = "\n".join(v.messages) + "\n"
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        if not v.passed:
+            ename = "GraderError" if v.author_error else "HiddenTestFailed"
+            summary = "needs regrading" if v.author_error else "hidden tests failed"
+            cell.outputs.append(nbformat.v4.new_output("error", ename=ename, evalue=summary, traceback=[]))
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+# ================================================================ authors' self-test
+def _execute(nb: Any, cwd: str, timeout: int) -> None:
+    from nbclient import NotebookClient
+
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": cwd}}).execute()
+
+
+def selftest(assignment: str, notebook: str | None = None, root: str | Path = ".", timeout: int = 60) -> tuple:
+    """Run ``notebook`` (default: the solution) instrumented, without a sandbox; returns (verdicts, points, max)."""
+    import tempfile
+
+    import nbformat
+
+    root = Path(root)
+    src = root / "solutions" / assignment
+    checks = load_checks(src)
+    if checks is None:
+        raise SystemExit(f"{src}/hidden_checks.py does not exist")
+    path = Path(notebook) if notebook else src / f"{assignment}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nonce = new_nonce()
+    recorded = instrument(nb, checks, nonce)
+    with tempfile.TemporaryDirectory() as tmp:
+        _execute(nb, tmp, timeout)
+    verdicts = judge(nb, checks, nonce, recorded)
+    points = {gid: float(c.metadata.nbgrader.get("points", 0)) for _, c, gid in graded_code_cells(nb)}
+    got = sum(points[g] for g, v in verdicts.items() if v.passed)
+    return verdicts, got, sum(points.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m course_tools.hidden", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("selftest", help="run a notebook (default: the solution) and decide its hidden checks")
+    st.add_argument("assignment")
+    st.add_argument("--notebook", help="another notebook, e.g. the student version (expect 0)")
+    args = ap.parse_args(argv)
+    verdicts, got, total = selftest(args.assignment, args.notebook)
+    for gid, v in verdicts.items():
+        print(f"{gid}: {'PASS' if v.passed else 'FAIL'}")
+        print(textwrap.indent("\n".join(v.messages), "    "))
+    print(f"score: {got:g} / {total:g}")
+    return 0
+
+
+if __name__ == "__main__":  # run through the package module, so hidden_checks.py and we share one `Checks`
+    from course_tools import hidden as _hidden
+
+    sys.exit(_hidden.main())
