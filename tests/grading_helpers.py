@@ -939,6 +939,26 @@ DESIGNED_PARTIALS = {
         },
         5.0,
     ),
+    "ch04_classical_models": (
+        {
+            # sorts the eigenvalues in decreasing order: q1_cov passes (1), q1_values fails
+            "q1_answer": "def sample_gaussian_eigen(mean, cov, z):\n"
+            "    evals, E = torch.linalg.eigh(cov)\n"
+            "    evals, E = evals.flip(0), E.flip(1)\n"
+            "    return mean + z @ (E * evals.sqrt()).T\n",
+            # log of a sum of exps: q2_basic passes (1), far-away points give -inf
+            "q2_answer": "def mixture_log_likelihood(x, weights, means, stds):\n"
+            "    u = (x[:, None] - means) / stds\n"
+            "    dens = torch.exp(-0.5 * u**2) / (stds * math.sqrt(2 * math.pi))\n"
+            "    return torch.log((weights * dens).sum(1))\n",
+            # q3..q6 right (3 + 2 + 2 + 1); q7 forgets the mask: q7_basic passes (1), q7_masked fails
+            "q7_answer": "def ar_log_likelihood(x, W, b):\n"
+            "    a = b + x @ W.T\n"
+            "    F = torch.nn.functional\n"
+            "    return (x * F.logsigmoid(a) + (1 - x) * F.logsigmoid(-a)).sum(dim=1)\n",
+        },
+        11.0,
+    ),
 }
 
 
