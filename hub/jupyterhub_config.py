@@ -49,8 +49,8 @@ c.CourseAuthenticator.passwords_file = os.path.join(STATE, "passwords.json")
 c.CourseAuthenticator.create_system_users = True
 c.CourseAuthenticator.add_user_cmd = [
     "useradd", "--create-home", "--home-dir", os.path.join(HOME_BASE, "USERNAME"),
-    "--shell", "/bin/bash", "-K", "HOME_MODE=0700", "USERNAME",
-]
+    "--shell", "/bin/bash", "-K", "HOME_MODE=0700",
+]  # JupyterHub appends the user name
 c.Authenticator.admin_users = set(INSTRUCTORS)
 c.JupyterHub.load_groups = {"instructors": {"users": INSTRUCTORS}}
 
