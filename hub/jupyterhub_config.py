@@ -1,4 +1,4 @@
-"""JupyterHub configuration of the course hub (JupyterHub 6.1.1, nbgrader 0.9.6): `jupyterhub -f hub/jupyterhub_config.py`.
+"""The course hub (JupyterHub 6.1.1, nbgrader 0.9.6): `jupyterhub -f hub/jupyterhub_config.py`.
 
 One Unix user per hub user (created on first login), per-user passwords (course_tools/hubauth.py), servers run
 from the course's pinned environment (this repository's .venv) with umask 077 and resource limits, students'
@@ -36,7 +36,7 @@ c.JupyterHub.ip = os.environ.get("COURSE_HUB_IP", "127.0.0.1")
 c.JupyterHub.port = int(os.environ.get("COURSE_HUB_PORT", "8000"))
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = int(os.environ.get("COURSE_HUB_API_PORT", "8081"))
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%s" % os.environ.get("COURSE_HUB_PROXY_API_PORT", "8001")
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:" + os.environ.get("COURSE_HUB_PROXY_API_PORT", "8001")
 chp = os.path.join(REPO, "node_modules", ".bin", "configurable-http-proxy")
 c.ConfigurableHTTPProxy.command = [chp if os.path.exists(chp) else shutil.which("configurable-http-proxy") or chp]
 c.JupyterHub.db_url = "sqlite:///" + os.path.join(STATE, "jupyterhub.sqlite")

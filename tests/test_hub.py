@@ -272,6 +272,7 @@ def test_course_on_a_real_hub(hub):
     inbound = os.path.join(hub.exchange, COURSE, "inbound")
     assert os.stat(inbound).st_mode & 0o7777 == 0o3733
 
+    print()
     stage("released")
     # ---- login: wrong password refused, right ones accepted (form with _xsrf); Unix users made on first login
     bad = hub.login(a, "wrong-password")
@@ -320,11 +321,13 @@ def test_course_on_a_real_hub(hub):
 
     stage("fetched, written, submitted")
     # ---- B against A: as B's Unix user (what B's kernel can do) ...
-    probe = as_user(b, PROBE.replace("sys.argv[1:6]", repr([a_sub, inbound, hub.course, os.path.join(REPO, "solutions"), os.path.join(hub.home, a)])))
+    targets = [a_sub, inbound, hub.course, os.path.join(REPO, "solutions"), os.path.join(hub.home, a)]
+    probe = as_user(b, PROBE.replace("sys.argv[1:6]", repr(targets)))
     assert probe and all(v == "PermissionError" for v in probe.values()), probe
     # ... and through the hub: B's token on A's server, B's contents API outside B's home
     assert hub.user("GET", a, nb_path, tokens[b]).status_code in (403, 404)
-    assert hub.user("PUT", a, nb_path, tokens[b], json={"type": "file", "format": "text", "content": "x"}).status_code in (403, 404)
+    put = {"type": "file", "format": "text", "content": "x"}
+    assert hub.user("PUT", a, nb_path, tokens[b], json=put).status_code in (403, 404)
     assert hub.api("GET", f"/users/{a}", token=tokens[b]).status_code in (403, 404)
     for path in (f"api/contents/..%2F{a}", "api/contents/..%2F..", "api/contents/%2Fetc"):
         r = hub.user("GET", b, path, tokens[b])
