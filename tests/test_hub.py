@@ -152,16 +152,19 @@ class Hub:
         assert r.status_code in (200, 201), r.text
         return r.json()["token"]
 
-    def start_server(self, name: str, token: str) -> None:
-        r = self.api("POST", f"/users/{name}/server", token=token)
-        assert r.status_code in (201, 202), f"{r.status_code} {r.text}\n{self.tail()}"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            srv = self.api("GET", f"/users/{name}").json().get("servers", {}).get("", {})
-            if srv.get("ready"):
-                return
+    def start_servers(self, tokens: dict[str, str]) -> None:
+        """Each user starts their own server (with their own token); wait until all are ready."""
+        for name, token in tokens.items():
+            r = self.api("POST", f"/users/{name}/server", token=token)
+            assert r.status_code in (201, 202), f"{r.status_code} {r.text}\n{self.tail()}"
+        deadline = time.time() + 90
+        waiting = set(tokens)
+        while waiting and time.time() < deadline:
+            for name in list(waiting):
+                if self.api("GET", f"/users/{name}").json().get("servers", {}).get("", {}).get("ready"):
+                    waiting.discard(name)
             time.sleep(0.3)
-        raise AssertionError(f"server of {name} not ready:\n{self.tail()}")
+        assert not waiting, f"servers of {waiting} not ready:\n{self.tail()}"
 
     def user(self, method: str, name: str, path: str, token: str, **kw):
         headers = {"Authorization": f"token {token}"}
@@ -246,34 +249,30 @@ def hub():
             shutil.rmtree(base, ignore_errors=True)
 
 
-def test_course_on_a_real_hub(hub):
+def test_course_on_a_real_hub(hub, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from course_tools.hubauth import secure_exchange
+
     t0 = time.time()
+    print()
 
     def stage(what):
         print(f"  [{time.time() - t0:6.1f} s] {what}", flush=True)
+
     a, b = list(hub.students)
     lay = H.layout(A_ID, NB)
-    instr_env = {"NBGRADER_EXCHANGE": hub.exchange}
+    monkeypatch.setenv("NBGRADER_EXCHANGE", hub.exchange)  # the instructor's commands use the hub's exchange
+    pool = ThreadPoolExecutor(2)
 
     def instructor(*args):
-        os.environ.update(instr_env)
-        try:
-            res = H.cli(hub.course, *args, timeout_s=30)
-        finally:
-            os.environ.pop("NBGRADER_EXCHANGE", None)
+        res = H.cli(hub.course, *args, timeout_s=30)
         assert res.returncode == 0, f"course_tools {' '.join(args)}:\n{res.stdout}\n{res.stderr[-3000:]}"
         return res.stdout
 
-    # ---- the instructor releases; the exchange is tightened (root 1777, inbound 3733)
-    instructor("release", A_ID)
-    from course_tools.hubauth import secure_exchange
+    # ---- the instructor releases (while the students log in); the exchange is tightened (root 1777, inbound 3733)
+    release = pool.submit(instructor, "release", A_ID)
 
-    secure_exchange(hub.exchange)
-    inbound = os.path.join(hub.exchange, COURSE, "inbound")
-    assert os.stat(inbound).st_mode & 0o7777 == 0o3733
-
-    print()
-    stage("released")
     # ---- login: wrong password refused, right ones accepted (form with _xsrf); Unix users made on first login
     bad = hub.login(a, "wrong-password")
     assert bad.login_status != 302, bad.login_status
@@ -285,10 +284,13 @@ def test_course_on_a_real_hub(hub):
         assert subprocess.run(["id", name], capture_output=True).returncode == 0
         assert os.stat(os.path.join(hub.home, name)).st_mode & 0o777 == 0o700
     tokens = {name: hub.user_token(name) for name in hub.students}
-    for name in hub.students:
-        hub.start_server(name, tokens[name])
-
+    hub.start_servers(tokens)
     stage("logged in, servers started")
+    release.result()
+    secure_exchange(hub.exchange)
+    inbound = os.path.join(hub.exchange, COURSE, "inbound")
+    assert os.stat(inbound).st_mode & 0o7777 == 0o3733
+    stage("released")
     # ---- students' servers: assignment list yes, formgrader no; umask and limits applied
     assert hub.user("GET", b, "formgrader", tokens[b]).status_code == 404
     listed = hub.user("GET", b, f"assignments?course_id={COURSE}", tokens[b]).json()
@@ -334,14 +336,16 @@ def test_course_on_a_real_hub(hub):
         assert r.status_code in (400, 403, 404), (path, r.status_code, r.text[:300])
 
     stage("isolation probed")
-    # ---- the hub restarts: submissions are still there, students log in again
-    hub.stop()
-    hub.start()
-    assert os.path.isdir(a_sub) and os.path.exists(os.path.join(a_sub, NB))
-    for name, pw in hub.students.items():
-        assert hub.login(name, pw).login_status == 302
+    # ---- the hub restarts (while the instructor grades): submissions are still there, students log in again
+    def restart():
+        hub.stop()
+        hub.start()
+        assert os.path.isdir(a_sub) and os.path.exists(os.path.join(a_sub, NB))
+        for name, pw in hub.students.items():
+            assert hub.login(name, pw).login_status == 302
 
-    stage("hub restarted")
+    restarted = pool.submit(restart)
+
     # ---- collect, autograde, feedback
     out = instructor("collect", A_ID)
     assert f"{a}/{A_ID}" in out and f"{b}/{A_ID}" in out, out
@@ -352,15 +356,19 @@ def test_course_on_a_real_hub(hub):
     assert scores[a] == lay.total and scores[b] == 0, (scores, out)
     out = instructor("feedback", A_ID)
     assert f"feedback {a}/{A_ID}: released" in out and f"feedback {b}/{A_ID}: released" in out, out
-
     stage("collected, autograded, feedback released")
+    restarted.result()
+    stage("hub restarted")
+
     # ---- both fetch their feedback through their servers (started again after the restart)
+    hub.start_servers(tokens)
     for name in hub.students:
-        hub.start_server(name, tokens[name])
         hub.nbgrader(name, tokens[name], "fetch_feedback")
         fb = os.path.join(hub.home, name, COURSE, A_ID, "feedback")
         pages = [os.path.join(r, f) for r, _, fs in os.walk(fb) for f in fs if f.endswith(".html")]
         assert pages, f"no feedback for {name}"
         html = open(pages[0], encoding="utf-8").read()
         assert f"{lay.total:g}" in html
+    stage("feedback fetched")
+    pool.shutdown()
     print(f"\nhub end-to-end: {time.time() - t0:.1f} s (autograde {t_grade:.1f} s)")
