@@ -371,4 +371,26 @@ def test_course_on_a_real_hub(hub, monkeypatch):
         assert f"{lay.total:g}" in html
     stage("feedback fetched")
     pool.shutdown()
+
+    # ---- headless Chromium: A logs in through the form and lands in JupyterLab (screenshot in artifacts/)
+    import browser
+
+    if browser.find_chromium() is None:
+        print("  (no chromium: browser check skipped)")
+        return
+    artifacts = os.path.join(REPO, "artifacts")
+    os.makedirs(artifacts, exist_ok=True)
+    with browser.Browser() as br:
+        br.goto(hub.url + "/hub/login")
+        assert br.wait_for("!!document.querySelector('input[name=username]')", timeout=30)
+        br.evaluate(
+            f"document.querySelector('input[name=username]').value = {json.dumps(a)};"
+            f"document.querySelector('input[name=password]').value = {json.dumps(hub.students[a])};"
+            "document.querySelector('input[name=username]').form.submit(); true"
+        )
+        assert br.wait_for(f"location.pathname.startsWith('/user/{a}/')", timeout=60), "browser login failed"
+        # after the OAuth redirects: JupyterLab of A's server (the assignment list is checked above via the API)
+        assert br.wait_for("!!document.querySelector('#jp-main-dock-panel')", timeout=90), "JupyterLab not shown"
+        br.screenshot(os.path.join(artifacts, "hub_student_lab.png"))
+    stage("browser: logged in through the form, JupyterLab shown, screenshot in artifacts/")
     print(f"\nhub end-to-end: {time.time() - t0:.1f} s (autograde {t_grade:.1f} s)")
