@@ -391,6 +391,7 @@ def test_course_on_a_real_hub(hub, monkeypatch):
         assert br.wait_for(f"location.pathname.startsWith('/user/{a}/')", timeout=60), "browser login failed"
         # after the OAuth redirects: JupyterLab of A's server (the assignment list is checked above via the API)
         assert br.wait_for("!!document.querySelector('#jp-main-dock-panel')", timeout=90), "JupyterLab not shown"
+        br.wait_for("!document.querySelector('#jupyterlab-splash')", timeout=60)  # not asserted: screenshot anyway
         br.screenshot(os.path.join(artifacts, "hub_student_lab.png"))
     stage("browser: logged in through the form, JupyterLab shown, screenshot in artifacts/")
     print(f"\nhub end-to-end: {time.time() - t0:.1f} s (autograde {t_grade:.1f} s)")
