@@ -63,11 +63,12 @@ class UniformDequantization(nn.Module):
         L = self.num_levels
         if ((x < 0) | (x > L - 1) | (x != x.round())).any():
             raise ValueError(f"x must hold integers in 0..{L - 1} (stored as floats)")
-        u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=x.device)
-        # Compute in float64, round to x's dtype, then move every y that rounding pushed out of its cell
-        # (y == 1.0, or floor(L * y) != x when computed in x's dtype, as ``quantize`` does) to the nearest
-        # float inside the cell: in float32 both happen a few times per million draws.
-        y = ((x.to(torch.float64) + u) / L).to(x.dtype)
+        # u is drawn in x's dtype (the same random stream as ever, so seeded results do not move); the sum is
+        # computed in float64, rounded to x's dtype, then every y that rounding pushed out of its cell
+        # (y == 1.0, or floor(L * y) != x when computed in x's dtype, as ``quantize`` does) is moved to the
+        # nearest float inside the cell: in float32 both happen a few times per million draws.
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        y = ((x.to(torch.float64) + u.to(torch.float64)) / L).to(x.dtype)
         for _ in range(8):
             cell = torch.floor(y * L)
             high, low = cell > x, cell < x
