@@ -27,6 +27,8 @@ MARKERS = [
     "hidden test:",
 ]
 MIN_LEN = 16
+# A bare loop header (``for k in range(1, n + 1):``) reveals nothing about an answer and is common in lectures.
+_LOOP = re.compile(r"^(for [\w, ()]+ in [\w.]+(\([^()]*\))?|while [\w ]+):$")
 
 
 def _norm(text: str) -> str:
@@ -80,7 +82,7 @@ def leak_patterns(
                 )
                 for line in lines:
                     n = _norm(line)
-                    if len(n) >= MIN_LEN and n not in allowed and not n.startswith("#"):
+                    if len(n) >= MIN_LEN and n not in allowed and not n.startswith("#") and not _LOOP.match(n):
                         patterns.add(n)
     if hidden_tests:
         patterns |= set(hidden_check_patterns(solutions_dir))

@@ -274,11 +274,12 @@ _ICONS = {
 
 
 def offline_player(html: str) -> str:
-    """Make matplotlib's JavaScript player self-contained: it links Font Awesome from a CDN for its button
-    icons; drop that link and draw the icons as Unicode symbols instead."""
+    """Make matplotlib's JavaScript player self-contained and accessible: it links Font Awesome from a CDN for
+    its button icons (dropped: the icons become Unicode symbols) and its frame has no alt text (added)."""
     import re
 
     html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
+    html = html.replace('<img id="', '<img alt="animation frame (play it with the buttons below)" id="')
     return re.sub(r'<i class="(fa [^"]*)"></i>', lambda m: _ICONS.get(m.group(1), "\u2022"), html)
 
 

@@ -90,6 +90,11 @@ def test_math_renders_offline_and_nothing_is_fetched_from_outside(site):
 def test_search_finds_a_word_from_the_introduction(site):
     base, browser = site
     browser.goto(f"{base}/search.html?q=Jacobian", settle=0.5)
+    # results are shown one by one; wait until Sphinx reports the search finished
+    browser.wait_for("(document.querySelector('#search-results p.search-summary') || {}).textContent", timeout=30)
+    browser.wait_for("!document.querySelector('#search-progress') || "
+                     "!document.querySelector('#search-progress').textContent", timeout=30)
+    browser.pump(1.0)
     hits = browser.wait_for("document.querySelectorAll('#search-results ul.search li').length", timeout=20)
     assert hits and hits > 0, "the search page found nothing for 'Jacobian', a word on the introduction page"
     links = browser.evaluate("[...document.querySelectorAll('#search-results ul.search li a')].map(a => a.href)")
