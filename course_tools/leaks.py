@@ -109,7 +109,7 @@ def hidden_check_patterns(solutions_dir: str | None = None) -> list[str]:
                     closed = (n.count(quotes[0]) + n.count(quotes[1])) >= (2 if starts_doc and not in_doc else 1)
                     in_doc = not closed if (starts_doc and not in_doc) else not closed
                     continue
-                if len(n) < MIN_LEN or n.startswith(("#", "import ", "from ", '"', "'")):
+                if len(n) < MIN_LEN or n.startswith(("#", "import ", "from ", '"', "'")) or _LOOP.match(n):
                     continue
                 out.add(n)
     # lines that students may legitimately have (the same code in a solution or a student version)
