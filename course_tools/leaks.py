@@ -119,6 +119,12 @@ def hidden_check_patterns(solutions_dir: str | None = None) -> list[str]:
             if f.endswith(".ipynb"):
                 for c in _cells(os.path.join(root, f)):
                     visible |= {_norm(x) for x in "".join(c.get("source", "")).splitlines()}
+    # the visible checks ship with every student version (course_tools/checks/): their lines are public
+    checks_dir = os.path.join(REPO, "course_tools", "checks")
+    for f in os.listdir(checks_dir) if os.path.isdir(checks_dir) else []:
+        if f.endswith(".py"):
+            with open(os.path.join(checks_dir, f), encoding="utf-8") as fh:
+                visible |= {_norm(x) for x in fh}
     return sorted(out - visible)
 
 

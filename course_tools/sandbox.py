@@ -585,6 +585,9 @@ class SandboxedExecute(Execute):
             self._record["timeouts"].append(gid)
             if time.monotonic() >= self._deadline - 1:
                 self._add_limit(f"total time ({self.total_timeout * max(1, self.infrastructure_factor)} s)")
+                # the total budget is spent: no later cell runs, not even one that would fit in the last
+                # fraction of a second that int() rounding left over
+                self._deadline = min(self._deadline, time.monotonic())
             if self._is_setup(cell):
                 self._infra = f"the locked cell {gid} timed out ({timeout} s)"
         return await super()._async_handle_timeout(timeout, cell)
