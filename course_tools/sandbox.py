@@ -316,6 +316,9 @@ class SandboxKernelManager(AsyncKernelManager):
         self._write_identity(user)
         for name in ("passwd", "group"):
             cmd += ["--ro-bind", os.path.join(self._private_dir, name), f"/etc/{name}"]
+        # a private /tmp with a size limit: the only writable place.  Mounted before the read-only binds, so
+        # that an environment or a checkout that lives under the host's /tmp stays visible (bound on top of it)
+        cmd += ["--size", str(self.tmp_size_mb * 2**20), "--perms", "1777", "--tmpfs", "/tmp"]
         # the interpreter (a venv's python is a symlink into e.g. ~/.pyenv) and the environment
         ro = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), os.path.abspath(sys.prefix)]
         repo = os.path.realpath(self.repo_root)
@@ -333,8 +336,6 @@ class SandboxKernelManager(AsyncKernelManager):
                 os.path.join(repo, rel).startswith(s + os.sep) for s in seen
             ):
                 cmd += ["--ro-bind", "/dev/null", os.path.join(repo, rel)]
-        # a private /tmp with a size limit: the only writable place
-        cmd += ["--size", str(self.tmp_size_mb * 2**20), "--perms", "1777", "--tmpfs", "/tmp"]
         # the kernel's home and working folder: writable by the kernel's user (and inside the size-limited /tmp)
         cmd += ["--perms", "1777", "--dir", KERNEL_HOME, "--perms", "1777", "--dir", KERNEL_CWD]
         for name in self._files:
