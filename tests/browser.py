@@ -174,6 +174,22 @@ class Browser:
             self.pump(0.2)
         return value
 
+    def click(self, element_js: str) -> bool:
+        """Click (real mouse events, as a user would) in the middle of the element that the JS expression
+        ``element_js`` evaluates to; False when there is no such element or it is not visible."""
+        rect = self.evaluate(
+            f"(() => {{ const e = {element_js}; if (!e) return null; e.scrollIntoView({{block: 'center'}});"
+            " const r = e.getBoundingClientRect(); return r.width && r.height ? [r.x + r.width / 2,"
+            " r.y + r.height / 2] : null; })()"
+        )
+        if not rect:
+            return False
+        x, y = rect
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+        return True
+
     def screenshot(self, path: str):
         data = self.call("Page.captureScreenshot", format="png")["data"]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

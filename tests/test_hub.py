@@ -45,6 +45,42 @@ COURSE = "dgm-flows"
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 
 
+LECTURE = "chapters/01_probability/01_probability_review"
+
+
+def launch_link(hub_url: str, student_repo: str) -> str:
+    """The book's launch link of LECTURE (from the built page when there is one, else made from _config.yml the
+    way Jupyter Book makes it), pointed at this test's hub and at a local copy of the student repository."""
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    import yaml
+
+    page = os.path.join(REPO, "_build", "html", LECTURE + ".html")
+    if os.path.exists(page):
+        from html import unescape
+
+        links = re.findall(r'href="([^"]*git-pull[^"]*)"', open(page, encoding="utf-8").read())
+        assert links, f"{page}: no launch link"
+        query = {k: v[0] for k, v in parse_qs(urlsplit(unescape(links[0])).query).items()}
+    else:
+        with open(os.path.join(REPO, "_config.yml"), encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh)
+        name = cfg["repository"]["url"].rstrip("/").rsplit("/", 1)[-1]
+        query = {"repo": cfg["repository"]["url"], "urlpath": f"lab/tree/{name}/{LECTURE}.ipynb",
+                 "branch": cfg["repository"].get("branch", "main")}
+    name = query["repo"].rstrip("/").rsplit("/", 1)[-1]
+    assert student_repo.rstrip("/").rsplit("/", 1)[-1] == name, "the local student repository must keep its name"
+    assert query["urlpath"] == f"lab/tree/{name}/{LECTURE}.ipynb", query
+    query["repo"] = student_repo  # the same link, served from this machine instead of the public host
+    return f"{hub_url}/hub/user-redirect/git-pull?{urlencode(query)}"
+
+
+def _by_text(selector: str, text: str) -> str:
+    """JS expression: the first element matching ``selector`` whose visible text is ``text``."""
+    return (f"[...document.querySelectorAll({json.dumps(selector)})]"
+            f".find(e => e.innerText.trim() === {json.dumps(text)})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -249,7 +285,7 @@ def hub():
             shutil.rmtree(base, ignore_errors=True)
 
 
-def test_course_on_a_real_hub(hub, monkeypatch):
+def test_course_on_a_real_hub(hub, monkeypatch, request):
     from concurrent.futures import ThreadPoolExecutor
 
     from course_tools.hubauth import secure_exchange
@@ -272,6 +308,9 @@ def test_course_on_a_real_hub(hub, monkeypatch):
 
     # ---- the instructor releases (while the students log in); the exchange is tightened (root 1777, inbound 3733)
     release = pool.submit(instructor, "release", A_ID)
+    # the student repository, as `publish-student` writes it, for the launch link (served from this machine)
+    student_repo = os.path.join(hub.base, "dgm-flows-student")
+    published = pool.submit(instructor, "publish-student", student_repo)
 
     # ---- login: wrong password refused, right ones accepted (form with _xsrf); Unix users made on first login
     bad = hub.login(a, "wrong-password")
@@ -378,6 +417,15 @@ def test_course_on_a_real_hub(hub, monkeypatch):
     if browser.find_chromium() is None:
         print("  (no chromium: browser check skipped)")
         return
+    published.result()
+    # served read-only by `git daemon` (git://, shallow clones work as over https), as the public host would
+    git_port = free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={hub.base}", "--listen=127.0.0.1",
+         f"--port={git_port}", student_repo],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    request.addfinalizer(daemon.kill)
     artifacts = os.path.join(REPO, "artifacts")
     os.makedirs(artifacts, exist_ok=True)
     with browser.Browser() as br:
@@ -393,5 +441,32 @@ def test_course_on_a_real_hub(hub, monkeypatch):
         assert br.wait_for("!!document.querySelector('#jp-main-dock-panel')", timeout=90), "JupyterLab not shown"
         br.wait_for("!document.querySelector('#jupyterlab-splash')", timeout=60)  # not asserted: screenshot anyway
         br.screenshot(os.path.join(artifacts, "hub_student_lab.png"))
-    stage("browser: logged in through the form, JupyterLab shown, screenshot in artifacts/")
+        # the student opens Nbgrader > Assignment List, as the students' page says, and sees assignment 1
+        menu = _by_text(".lm-MenuBar-item", "Nbgrader")
+        assert br.wait_for(f"!!{menu}", timeout=30), "no Nbgrader menu in the student's JupyterLab"
+        assert br.click(menu)
+        item = _by_text(".lm-Menu-item", "Assignment List")
+        assert br.wait_for(f"!!{item}", timeout=10) and br.click(item), "no Assignment List in the Nbgrader menu"
+        listed = br.wait_for(
+            f"(document.querySelector('#nbgrader-assignment-list') || {{}}).innerText", timeout=60
+        )
+        assert br.wait_for(
+            f"(document.querySelector('#nbgrader-assignment-list').innerText || '').includes({json.dumps(A_ID)})",
+            timeout=60,
+        ), f"the assignment list does not show {A_ID}: {listed!r}"
+        br.screenshot(os.path.join(artifacts, "hub_student_assignment_list.png"))
+        stage("browser: logged in through the form, assignment list shows the assignment")
+        # a launch link of the book (nbgitpuller) pulls the student repository and opens the lecture notebook
+        link = launch_link(hub.url, f"git://127.0.0.1:{git_port}/dgm-flows-student")
+        br.goto(link, settle=0)
+        doc = LECTURE + ".ipynb"
+        pulled = os.path.join(hub.home, a, "dgm-flows-student", doc)
+        assert br.wait_for(
+            f"location.pathname.endsWith({json.dumps('/lab/tree/dgm-flows-student/' + doc)})", timeout=90
+        ), f"the launch link did not open the notebook: {br.evaluate('location.href')}\n{hub.tail()}"
+        assert os.path.isfile(pulled), "nbgitpuller did not pull the lecture notebook into the student's home"
+        assert os.stat(pulled).st_uid == int(subprocess.check_output(["id", "-u", a]))
+        assert br.wait_for("!!document.querySelector('.jp-NotebookPanel .jp-Cell')", timeout=60), "notebook not shown"
+        br.screenshot(os.path.join(artifacts, "hub_launch_link.png"))
+    stage("browser: launch link pulled the student repository and opened the lecture; screenshots in artifacts/")
     print(f"\nhub end-to-end: {time.time() - t0:.1f} s (autograde {t_grade:.1f} s)")
