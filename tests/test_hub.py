@@ -448,7 +448,7 @@ def test_course_on_a_real_hub(hub, monkeypatch, request):
         item = _by_text(".lm-Menu-item", "Assignment List")
         assert br.wait_for(f"!!{item}", timeout=10) and br.click(item), "no Assignment List in the Nbgrader menu"
         listed = br.wait_for(
-            f"(document.querySelector('#nbgrader-assignment-list') || {{}}).innerText", timeout=60
+            "(document.querySelector('#nbgrader-assignment-list') || {}).innerText", timeout=60
         )
         assert br.wait_for(
             f"(document.querySelector('#nbgrader-assignment-list').innerText || '').includes({json.dumps(A_ID)})",
