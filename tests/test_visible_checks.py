@@ -6,7 +6,7 @@
 2. Every visible test passes on the model answers, and each designed partial answer of tests/grading_helpers.py
    fails at least one visible test of every question it gets wrong.
 
-Run ``python tests/test_visible_checks.py chapters`` to list the answer lines that the lecture notebooks repeat.
+Run ``python tests/test_visible_checks.py`` to list the answer lines that the lecture notebooks repeat.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import re
 import sys
 import textwrap
 import tokenize
+import warnings
 from contextlib import redirect_stdout
 
 import pytest
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grading_helpers as H  # noqa: E402
 
 sys.path.insert(0, H.REPO)
-from course_tools.check import tests_for  # noqa: E402
+from course_tools.check import tests_for as visible_tests  # noqa: E402
 
 ASSIGNMENTS = H.assignments()
 CHECKS_DIR = os.path.join(H.REPO, "course_tools", "checks")
@@ -38,6 +39,7 @@ CHECKS_DIR = os.path.join(H.REPO, "course_tools", "checks")
 MIN_TOKENS = 8
 MIN_CONTENT = 4
 NAME = "_"  # the placeholder for every name that is not an attribute or a keyword
+_PUNCTUATION = (NAME, "(", ")", "[", "]", ",", ":")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 
 
@@ -94,7 +96,7 @@ def _statement(tokens: tuple[str, ...]) -> tuple[str, ...]:
 
 def _distinctive(body: tuple[str, ...]) -> bool:
     # a string (an einsum equation, a message) weighs two tokens
-    content = sum(2 if t.lstrip("rbfuRBFU")[:1] in "\"'" else 1 for t in body if t not in (NAME, "(", ")", "[", "]", ",", ":"))
+    content = sum(2 if t.lstrip("rbfuRBFU")[:1] in "\"'" else 1 for t in body if t not in _PUNCTUATION)
     loop_header = body[:1] in (("for",), ("while",)) and body[-1:] == (":",)
     return len(body) >= MIN_TOKENS and content >= MIN_CONTENT and not loop_header
 
@@ -142,3 +144,129 @@ def all_solution_lines() -> list[tuple[str, tuple[str, ...]]]:
 
 def check_modules() -> list[str]:
     return sorted(glob.glob(os.path.join(CHECKS_DIR, "*.py")))
+
+
+def visible_ids(assignment: str) -> dict[str, list[str]]:
+    """{answer cell's grade_id: the ids passed to check(...) by the test cells that follow it}."""
+    out: dict[str, list[str]] = {}
+    for nb in H.notebooks(assignment):
+        current = None
+        for cell in H.load(os.path.join(H.REPO, "solutions", assignment, nb))["cells"]:
+            if H.is_answer(cell) and cell["cell_type"] == "code":
+                current = H.nbg(cell)["grade_id"]
+                out[current] = []
+            elif H.is_test(cell) and current is not None:
+                out[current] += re.findall(r"""check\(["']([\w.]+)["']""", H.src(cell))
+    return out
+
+
+def namespace(assignment: str, overrides: dict[str, str] | None = None) -> dict:
+    """A notebook's namespace after its setup cells and its answer cells (the model answers unless overridden)."""
+    ns: dict = {"__name__": "__main__"}
+    for nb in H.notebooks(assignment):
+        lay = H.layout(assignment, nb)
+        for cell in H.load(os.path.join(H.REPO, "solutions", assignment, nb))["cells"]:
+            if cell["cell_type"] == "code" and not H.is_answer(cell) and not H.is_test(cell):
+                exec(H.src(cell), ns)  # the locked setup: imports, given helpers (ch02's mixture_log_prob)
+        for a in lay.answers:
+            exec((overrides or {}).get(a, lay.solution_src[a]), ns)
+    return ns
+
+
+def failures(ids: list[str], ns: dict) -> dict[str, str]:
+    """{visible test id: why it failed} over every visible test selected by ``ids``."""
+    out = {}
+    for test in {t.test_id: t for i in ids for t in visible_tests(i)}.values():
+        try:
+            with redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a partial answer's deprecation warning
+                test.func(ns)
+        except Exception as exc:  # a failed expectation, or the answer raised
+            out[test.test_id] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+# ------------------------------------------------------------------------------------------ tests
+LEAKY_CHECK = """
+def _hutch_ref(A, n, seed):
+    eps = torch.randint(0, 2, (n, A.shape[0]), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    values = ((eps @ A) * eps).sum(dim=1)
+    return values.mean()
+"""
+
+
+def test_the_detector_finds_a_renamed_answer_line(tmp_path):
+    answer = (
+        "def f(eps, A):\n    ### BEGIN SOLUTION\n    v = ((eps @ A) * eps).sum(1)\n    return v.mean()\n"
+        "    ### END SOLUTION\n"
+    )
+    path = tmp_path / "answer.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {}, "source": answer}]}))
+    lines = solution_lines(str(path))
+    assert [line for line, _ in lines] == ["v = ((eps @ A) * eps).sum(1)"]  # `return v.mean()` is too short to count
+    hits = find_answer_lines(LEAKY_CHECK, lines)
+    assert [(n, line) for n, line, _ in hits] == [(4, "values = ((eps @ A) * eps).sum(dim=1)")]
+    # other names, spacing and keyword arguments, as a return value: found too
+    assert find_answer_lines("def f(P, M):\n    return ((P@M)*P).sum(dim = 1)\n", lines)
+    # a different computation is not
+    assert not find_answer_lines("w = ((eps @ A) + eps).sum(1)\n", lines)
+
+
+def test_no_answer_line_in_the_visible_checks():
+    answers = all_solution_lines()
+    assert len(answers) > 60, "found too few answer lines to make this test meaningful"
+    hits = [
+        f"{os.path.relpath(f, H.REPO)}:{n}: {line}  <- answer line: {answer}"
+        for f in check_modules()
+        for n, line, answer in find_answer_lines(open(f, encoding="utf-8").read(), answers)
+    ]
+    assert not hits, "visible checks repeat model-answer lines (write the expected values instead):\n" + "\n".join(hits)
+
+
+def test_the_helper_module_registers_no_test():
+    from course_tools.check import _REGISTRY, _load_all
+
+    _load_all()
+    before = dict(_REGISTRY)
+    import course_tools.checks._common  # noqa: F401
+
+    assert _REGISTRY == before
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_visible_checks_pass_on_the_solution(assignment):
+    chapter = assignment.split("_")[0]
+    registered = [t.test_id for t in visible_tests(chapter)]
+    called = {t.test_id for ids in visible_ids(assignment).values() for i in ids for t in visible_tests(i)}
+    assert registered and set(registered) == called, "every visible test is called by a test cell, and only those"
+    assert failures([chapter], namespace(assignment)) == {}
+
+
+@pytest.mark.parametrize("assignment", sorted(H.DESIGNED_PARTIALS))
+def test_visible_checks_fail_on_the_designed_partial(assignment):
+    overrides, _points = H.DESIGNED_PARTIALS[assignment]
+    ids = visible_ids(assignment)
+    ns = namespace(assignment, overrides)
+    for answer in overrides:
+        assert ids[answer], f"no visible test follows {answer}"
+        assert failures(ids[answer], ns), f"the designed partial {answer} of {assignment} passes {ids[answer]}"
+
+
+# ------------------------------------------------------------------------------------------ lecture report
+def lecture_hits(pattern: str = "chapters/**/*.ipynb") -> list[tuple[str, int, int, str, str]]:
+    """[(notebook, cell index, line, the line, the answer line)] for every answer line in a lecture's code cell."""
+    answers = all_solution_lines()
+    out = []
+    for path in sorted(glob.glob(os.path.join(H.REPO, pattern), recursive=True)):
+        if ".ipynb_checkpoints" in path or "_build" in path:
+            continue
+        for k, cell in enumerate(H.load(path)["cells"]):
+            if cell["cell_type"] == "code":
+                for n, line, answer in find_answer_lines(H.src(cell), answers):
+                    out.append((os.path.relpath(path, H.REPO), k, n, line, answer))
+    return out
+
+
+if __name__ == "__main__":  # python tests/test_visible_checks.py: the lecture notebooks' answer lines
+    for nb, cell, n, line, answer in lecture_hits():
+        print(f"{nb} cell {cell} line {n}: {line}\n    answer line: {answer}")
