@@ -34,10 +34,10 @@ from course_tools.check import tests_for as visible_tests  # noqa: E402
 ASSIGNMENTS = H.assignments()
 CHECKS_DIR = os.path.join(H.REPO, "course_tools", "checks")
 # A statement shorter than MIN_TOKENS (``return x``, ``n = x.shape[-1]``), one with fewer than MIN_CONTENT tokens
-# that are neither placeholders nor brackets and commas (``f(x, w, mu, sd)``), or a loop header says nothing
-# about an answer.
+# that are neither placeholders nor brackets and commas (``f(x, w, mu, sd)``, ``x.to(y.dtype)``), or a loop header
+# says nothing about an answer.
 MIN_TOKENS = 8
-MIN_CONTENT = 4
+MIN_CONTENT = 5
 NAME = "_"  # the placeholder for every name that is not an attribute or a keyword
 _PUNCTUATION = (NAME, "(", ")", "[", "]", ",", ":")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
@@ -95,8 +95,8 @@ def _statement(tokens: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _distinctive(body: tuple[str, ...]) -> bool:
-    # a string (an einsum equation, a message) weighs two tokens
-    content = sum(2 if t.lstrip("rbfuRBFU")[:1] in "\"'" else 1 for t in body if t not in _PUNCTUATION)
+    # a string (an einsum equation, a message) weighs three tokens
+    content = sum(3 if t.lstrip("rbfuRBFU")[:1] in "\"'" else 1 for t in body if t not in _PUNCTUATION)
     loop_header = body[:1] in (("for",), ("while",)) and body[-1:] == (":",)
     return len(body) >= MIN_TOKENS and content >= MIN_CONTENT and not loop_header
 
