@@ -195,7 +195,7 @@ def _hutch_ref(A, n, seed):
 """
 
 
-def test_the_detector_finds_a_renamed_answer_line(tmp_path):
+def test_student_check_detector_finds_a_renamed_answer_line(tmp_path):
     answer = (
         "def f(eps, A):\n    ### BEGIN SOLUTION\n    v = ((eps @ A) * eps).sum(1)\n    return v.mean()\n"
         "    ### END SOLUTION\n"
@@ -212,7 +212,7 @@ def test_the_detector_finds_a_renamed_answer_line(tmp_path):
     assert not find_answer_lines("w = ((eps @ A) + eps).sum(1)\n", lines)
 
 
-def test_no_answer_line_in_the_visible_checks():
+def test_student_checks_contain_no_answer_line():
     answers = all_solution_lines()
     assert len(answers) > 60, "found too few answer lines to make this test meaningful"
     hits = [
@@ -223,7 +223,7 @@ def test_no_answer_line_in_the_visible_checks():
     assert not hits, "visible checks repeat model-answer lines (write the expected values instead):\n" + "\n".join(hits)
 
 
-def test_the_helper_module_registers_no_test():
+def test_student_check_helpers_register_no_test():
     from course_tools.check import _REGISTRY, _load_all
 
     _load_all()
@@ -234,7 +234,7 @@ def test_the_helper_module_registers_no_test():
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_visible_checks_pass_on_the_solution(assignment):
+def test_student_checks_pass_on_the_solution(assignment):
     chapter = assignment.split("_")[0]
     registered = [t.test_id for t in visible_tests(chapter)]
     called = {t.test_id for ids in visible_ids(assignment).values() for i in ids for t in visible_tests(i)}
@@ -243,7 +243,7 @@ def test_visible_checks_pass_on_the_solution(assignment):
 
 
 @pytest.mark.parametrize("assignment", sorted(H.DESIGNED_PARTIALS))
-def test_visible_checks_fail_on_the_designed_partial(assignment):
+def test_student_checks_fail_on_the_designed_partial(assignment):
     overrides, _points = H.DESIGNED_PARTIALS[assignment]
     ids = visible_ids(assignment)
     ns = namespace(assignment, overrides)
