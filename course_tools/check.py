@@ -66,6 +66,8 @@ def _load_all() -> None:
     from course_tools import checks
 
     for mod in pkgutil.iter_modules(checks.__path__):
+        if mod.name.startswith("_"):  # shared helpers, no tests
+            continue
         importlib.import_module(f"course_tools.checks.{mod.name}")
 
 

@@ -6,29 +6,16 @@ notebook, use other inputs (other sizes, random tables, far-away points).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from course_tools.check import expect, need, visible
+from course_tools.checks._common import F64, close, fmt, tensor
 
-F64 = torch.float64
-
-
-def _tensor(x, what: str, shape=None) -> torch.Tensor:
-    expect(isinstance(x, torch.Tensor), f"{what} should be a torch.Tensor, got {type(x).__name__}")
-    if shape is not None:
-        expect(tuple(x.shape) == tuple(shape), f"{what} should have shape {tuple(shape)}, got {tuple(x.shape)}")
-    expect(x.dtype == F64, f"keep the input dtype: {what} should be float64, got {x.dtype}")
-    return x
-
-
-def _close(a: float, b: float, tol: float = 1e-8) -> bool:
-    return math.isfinite(a) and abs(a - b) <= tol * (1 + abs(b))
-
-
-def _lognorm(x, m, s):
-    return -0.5 * math.log(2 * math.pi) - math.log(s) - 0.5 * ((x - m) / s) ** 2
+_tensor = functools.partial(tensor, dtype=F64, why="keep the input dtype")
+_close = close
 
 
 # ---------------------------------------------------------------- Q1 eigen sampling
@@ -49,17 +36,24 @@ def _q1_cov(ns):
     )
 
 
+# Sigma = Q diag(1/4, 1, 4) Q^T with the orthogonal Q below: eigenvalues 1/4 < 1 < 4, eigenvectors the columns of Q
+_Q = torch.tensor([[1.0, 2.0, 2.0], [2.0, 1.0, -2.0], [2.0, -2.0, 1.0]], dtype=F64) / 3
+_COV_Q = torch.tensor([[81.0, -54.0, 18.0], [-54.0, 72.0, -36.0], [18.0, -36.0, 36.0]], dtype=F64) / 36
+
+
 @visible("ch04.q1.values", "Q1 one sample in 3-d matches mean + E Lambda^{1/2} z with eigh's order")
 def _q1_values(ns):
     f = need(ns, "sample_gaussian_eigen")
     z = torch.tensor([[0.5, -1.0, 2.0]], dtype=F64)
-    x = _tensor(f(_MEAN, _COV, z), "sample_gaussian_eigen(mean, cov, z)", (1, 3))
-    evals, E = torch.linalg.eigh(_COV)
-    want = _MEAN + z @ (E * evals.sqrt()).T
-    err = (x - want).abs().max().item()
+    x = _tensor(f(_MEAN, _COV_Q, z), "sample_gaussian_eigen(mean, cov, z)", (1, 3))
+    # x - mean = sum_i sqrt(lambda_i) z_i e_i: its coordinate along e_i is +-sqrt(lambda_i) z_i (the sign of an
+    # eigenvector is eigh's choice), i.e. +-0.5 * 0.5, +-1 * 1, +-2 * 2
+    coords = ((x - _MEAN) @ _Q)[0]
+    want = torch.tensor([0.25, 1.0, 4.0], dtype=F64)
     expect(
-        err < 1e-10,
-        f"expected {[round(v, 4) for v in want[0].tolist()]}, got {[round(v, 4) for v in x[0].tolist()]}. "
+        _close(coords.abs(), want, 1e-10),
+        f"for Sigma with eigenvalues (1/4, 1, 4) and z = {z[0].tolist()}, expected x - mean to have coordinates "
+        f"+-{want.tolist()} along the eigenvectors, got {fmt(coords)}. "
         "Use torch.linalg.eigh's order (increasing eigenvalues) without sorting.",
     )
 
@@ -70,21 +64,12 @@ _M = torch.tensor([0.0, 3.0], dtype=F64)
 _S = torch.tensor([1.0, 0.5], dtype=F64)
 
 
-def _ref_mix(xs):
-    out = []
-    for x in xs:
-        terms = [math.log(w) + _lognorm(x, m, s) for w, m, s in zip(_W.tolist(), _M.tolist(), _S.tolist())]
-        top = max(terms)
-        out.append(top + math.log(sum(math.exp(t - top) for t in terms)))
-    return out
-
-
 @visible("ch04.q2.basic", "Q2 two components, three points: log p(x_n) per point")
 def _q2_basic(ns):
     f = need(ns, "mixture_log_likelihood")
     x = torch.tensor([-1.0, 1.5, 3.2], dtype=F64)
     got = _tensor(f(x, _W, _M, _S), "mixture_log_likelihood(x, ...)", (3,))
-    want = _ref_mix(x.tolist())
+    want = [-2.6229113375305118, -3.099763307220762, -0.661080026118035]  # torch.distributions.MixtureSameFamily
     expect(
         all(_close(a, b) for a, b in zip(got.tolist(), want)),
         f"expected {[round(v, 6) for v in want]}, got {[round(v, 6) for v in got.tolist()]} "
@@ -96,7 +81,7 @@ def _q2_basic(ns):
 def _q2_far(ns):
     f = need(ns, "mixture_log_likelihood")
     got = _tensor(f(torch.tensor([1000.0], dtype=F64), _W, _M, _S), "mixture_log_likelihood", (1,)).item()
-    want = _ref_mix([1000.0])[0]
+    want = -500002.12291133753
     expect(
         math.isfinite(got),
         f"got {got}: N(1000; mu, sigma^2) underflows to 0, so log(sum(...)) = -inf. Use torch.logsumexp on "
@@ -106,20 +91,6 @@ def _q2_far(ns):
 
 
 # ---------------------------------------------------------------- Q3 EM step
-def _ref_em(xs, w, m, s):
-    r = []
-    for x in xs:
-        terms = [math.log(wk) + _lognorm(x, mk, sk) for wk, mk, sk in zip(w, m, s)]
-        top = max(terms)
-        z = sum(math.exp(t - top) for t in terms)
-        r.append([math.exp(t - top) / z for t in terms])
-    K, N = len(w), len(xs)
-    Nk = [sum(r[n][k] for n in range(N)) for k in range(K)]
-    mu = [sum(r[n][k] * xs[n] for n in range(N)) / Nk[k] for k in range(K)]
-    sd = [math.sqrt(sum(r[n][k] * (xs[n] - mu[k]) ** 2 for n in range(N)) / Nk[k]) for k in range(K)]
-    return [v / N for v in Nk], mu, sd
-
-
 def _em_out(ns, x, w, m, s):
     f = need(ns, "em_step")
     out = f(x, w, m, s)
@@ -131,7 +102,12 @@ def _em_out(ns, x, w, m, s):
 def _q3_step(ns):
     x = torch.tensor([-1.0, -0.5, 0.2, 2.8, 3.5], dtype=F64)
     got = _em_out(ns, x, _W, _M, _S)
-    want = _ref_em(x.tolist(), _W.tolist(), _M.tolist(), _S.tolist())
+    # computed once and checked to maximise the expected complete-data log-likelihood (autograd: gradient 0)
+    want = [
+        [0.6010712312069911, 0.39892876879300887],
+        [-0.42739036938090863, 3.150667873196064],
+        [0.511545385780105, 0.3500038978745546],
+    ]
     for name, g, w in zip(("weights", "means", "stds"), got, want):
         expect(
             all(_close(a, b, 1e-7) for a, b in zip(g, w)),
@@ -149,7 +125,11 @@ def _q3_far(ns):
         "got nan or inf: at x = 60 every N(x; mu_k, sigma_k^2) underflows to 0 and r = 0 / 0. Compute the "
         "responsibilities from the log-terms (softmax over k, or subtract their logsumexp)",
     )
-    want = _ref_em(x.tolist(), _W.tolist(), _M.tolist(), _S.tolist())
+    want = [
+        [0.750588784922038, 0.24941121507796205],
+        [19.820145158068506, 2.999950618070897],
+        [28.40147859080863, 0.011110912868401933],
+    ]
     expect(
         all(_close(a, b, 1e-7) for g, w in zip(got, want) for a, b in zip(g, w)),
         f"expected weights, means, stds {[[round(v, 4) for v in w] for w in want]}, "
@@ -183,11 +163,26 @@ def _q4(ns):
 
 
 # ---------------------------------------------------------------- Q5 independence gap
+# the joint table of the student network, indexed [d, i, g, s, l]: each entry is the product of one entry of
+# each table of _student_tables()
+_STUDENT_JOINT = torch.tensor(
+    [
+        0.011970000000000001, 0.10773, 0.00063, 0.0056700000000000006, 0.06384, 0.09576, 0.0033600000000000006,
+        0.00504, 0.118503, 0.001197, 0.006237, 6.3e-05, 0.0032400000000000007, 0.029160000000000005,
+        0.012960000000000003, 0.11664000000000002, 0.001152, 0.0017280000000000002, 0.004608, 0.006912000000000001,
+        0.0007128000000000001, 7.2000000000000005e-06, 0.0028512000000000003, 2.8800000000000002e-05,
+        0.0013299999999999998, 0.011969999999999998, 7.000000000000001e-05, 0.00063, 0.0266, 0.03989999999999999,
+        0.0014, 0.0021, 0.18433799999999997, 0.0018619999999999997, 0.009701999999999999, 9.8e-05,
+        0.0012000000000000001, 0.0108, 0.0048000000000000004, 0.0432, 0.00288, 0.00432, 0.01152, 0.01728, 0.004752,
+        4.800000000000001e-05, 0.019008, 0.00019200000000000003,
+    ],
+    dtype=F64,
+).reshape(2, 2, 3, 2, 2)
+
 @visible("ch04.q5", "Q5 student network: D _|_ I and L _|_ (D, I, S) | G hold; D _|_ I | G does not")
 def _q5(ns):
     f = need(ns, "independence_gap")
-    p_d, p_i, p_g, p_s, p_l = _student_tables()
-    J = torch.einsum("d,i,idg,is,gl->digsl", p_d, p_i, p_g, p_s, p_l)
+    J = _STUDENT_JOINT
     g1 = _tensor(f(J, (0,), (1,), ()), "independence_gap(joint, (0,), (1,), ())", ())
     expect(abs(g1.item()) < 1e-12, f"D and I are independent: expected 0, got {g1.item():.3g}")
     g2 = _tensor(f(J, (4,), (0, 1, 3), (2,)), "independence_gap(joint, (4,), (0, 1, 3), (2,))", ())
@@ -221,20 +216,6 @@ def _q6(ns):
 
 
 # ---------------------------------------------------------------- Q7 autoregressive log-likelihood
-def _ref_ar(x, W, b):
-    out = []
-    for row in x.tolist():
-        total = 0.0
-        for i, xi in enumerate(row):
-            a = b[i].item() + sum(W[i, j].item() * row[j] for j in range(i))
-            # log sigmoid(a) = -log(1 + e^-a), stably
-            ls_pos = -math.log1p(math.exp(-a)) if a > 0 else a - math.log1p(math.exp(a))
-            ls_neg = ls_pos - a
-            total += ls_pos if xi == 1.0 else ls_neg
-        out.append(total)
-    return out
-
-
 @visible("ch04.q7.basic", "Q7 a 4-d model with a strictly lower triangular W: log p(x) for three vectors")
 def _q7_basic(ns):
     f = need(ns, "ar_log_likelihood")
@@ -242,7 +223,7 @@ def _q7_basic(ns):
     b = torch.tensor([0.2, -0.5, 1.0, 0.0], dtype=F64)
     x = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 0, 1]], dtype=F64)
     got = _tensor(f(x, W, b), "ar_log_likelihood(x, W, b)", (3,))
-    want = _ref_ar(x, W, b)
+    want = [-4.327848293303495, -3.2786247216398667, -1.6264859949129136]  # torch.distributions.Bernoulli
     expect(
         all(_close(a, c) for a, c in zip(got.tolist(), want)),
         f"expected {[round(v, 6) for v in want]}, got {[round(v, 6) for v in got.tolist()]} "
@@ -258,7 +239,7 @@ def _q7_masked(ns):
     b = torch.tensor([0.2, -0.5, 1.0, 0.0], dtype=F64)
     x = torch.tensor([[1, 0, 1, 1], [0, 1, 1, 0]], dtype=F64)
     got = _tensor(f(x, noisy, b), "ar_log_likelihood(x, W, b)", (2,))
-    want = _ref_ar(x, W, b)
+    want = [-4.327848293303495, -2.666776312104396]
     expect(
         all(_close(a, c) for a, c in zip(got.tolist(), want)),
         f"with 7.0 added on and above the diagonal of W, expected the same {[round(v, 6) for v in want]}, "

@@ -11,37 +11,23 @@ import math
 import torch
 
 from course_tools.check import expect, need, visible
-
-F64 = torch.float64
-
-
-def _tensor(x, what: str, shape=None, dtype=None) -> torch.Tensor:
-    expect(isinstance(x, torch.Tensor), f"{what} should be a torch.Tensor, got {type(x).__name__}")
-    if shape is not None:
-        expect(tuple(x.shape) == tuple(shape), f"{what} should have shape {tuple(shape)}, got {tuple(x.shape)}")
-    if dtype is not None:
-        expect(x.dtype == dtype, f"{what} should have dtype {dtype}, got {x.dtype}")
-    return x
-
-
-def _close(a: float, b: float, tol: float = 1e-8) -> bool:
-    return math.isfinite(a) and abs(a - b) <= tol * (1 + abs(b))
+from course_tools.checks._common import F64, close, tensor
 
 
 # ---------------------------------------------------------------- Q1 checkerboard
 @visible("ch06.q1.basic", "Q1 the 4 x 4 checkerboard of parity 0 starts with 1.0 at the top left")
 def _q1_basic(ns):
     checkerboard = need(ns, "checkerboard")
-    m = _tensor(checkerboard(4, 4, 0), "checkerboard(4, 4, 0)", shape=(4, 4), dtype=F64)
-    want = [[float((i + j) % 2 == 0) for j in range(4)] for i in range(4)]
+    m = tensor(checkerboard(4, 4, 0), "checkerboard(4, 4, 0)", shape=(4, 4), dtype=F64)
+    want = [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
     expect(m.tolist() == want, f"expected 1.0 where (i + j) % 2 == 0, i.e. {want[0]} in row 0; got {m.tolist()[0]}")
 
 
 @visible("ch06.q1.shapes", "Q1 a 3 x 5 mask of parity 1 is the complement of parity 0")
 def _q1_shapes(ns):
     checkerboard = need(ns, "checkerboard")
-    m0 = _tensor(checkerboard(3, 5, 0), "checkerboard(3, 5, 0)", shape=(3, 5), dtype=F64)
-    m1 = _tensor(checkerboard(3, 5, 1), "checkerboard(3, 5, 1)", shape=(3, 5), dtype=F64)
+    m0 = tensor(checkerboard(3, 5, 0), "checkerboard(3, 5, 0)", shape=(3, 5), dtype=F64)
+    m1 = tensor(checkerboard(3, 5, 1), "checkerboard(3, 5, 1)", shape=(3, 5), dtype=F64)
     expect(bool(((m0 + m1) == 1).all()), "parity 0 and parity 1 should be complements (they add up to ones)")
     expect(m1[0, 1].item() == 1.0 and m1[0, 0].item() == 0.0, "for parity 1, pixel (0, 1) is 1.0 and pixel (0, 0) 0.0")
 
@@ -51,7 +37,7 @@ def _q1_shapes(ns):
 def _q2_squeeze(ns):
     squeeze = need(ns, "squeeze")
     x = torch.arange(16, dtype=F64).reshape(1, 1, 4, 4)
-    z = _tensor(squeeze(x.clone()), "squeeze(x)", shape=(1, 4, 2, 2), dtype=F64)
+    z = tensor(squeeze(x.clone()), "squeeze(x)", shape=(1, 4, 2, 2), dtype=F64)
     want = [[[0.0, 2.0], [8.0, 10.0]], [[1.0, 3.0], [9.0, 11.0]],
             [[4.0, 6.0], [12.0, 14.0]], [[5.0, 7.0], [13.0, 15.0]]]
     expect(
@@ -65,8 +51,8 @@ def _q2_squeeze(ns):
 def _q2_inverse(ns):
     squeeze, unsqueeze = need(ns, "squeeze"), need(ns, "unsqueeze")
     x = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(0), dtype=F64)
-    z = _tensor(squeeze(x.clone()), "squeeze(x)", shape=(2, 12, 2, 3))
-    back = _tensor(unsqueeze(z.clone()), "unsqueeze(squeeze(x))", shape=(2, 3, 4, 6))
+    z = tensor(squeeze(x.clone()), "squeeze(x)", shape=(2, 12, 2, 3))
+    back = tensor(unsqueeze(z.clone()), "unsqueeze(squeeze(x))", shape=(2, 3, 4, 6))
     expect(torch.equal(back, x), "unsqueeze(squeeze(x)) should give x back exactly")
 
 
@@ -81,14 +67,19 @@ def _q3_map(ns):
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=F64)
     mask = torch.tensor([True, False, True, False])
     z, _ = affine_coupling(x.clone(), mask, _conditioner)
-    z = _tensor(z, "z", shape=(1, 4), dtype=F64)
+    z = tensor(z, "z", shape=(1, 4), dtype=F64)
     # masked input [1, 0, 3, 0]; rolled [0, 1, 0, 3]: s = [0, .5, 0, 1.5], t = [1, 2, 1, 4]
     want = [1.0, 2.0 * math.exp(0.5) + 2.0, 3.0, 4.0 * math.exp(1.5) + 4.0]
     expect(
-        all(_close(a, b) for a, b in zip(z[0].tolist(), want)),
+        all(close(a, b) for a, b in zip(z[0].tolist(), want)),
         f"expected z = {[round(v, 4) for v in want]}, got {[round(v, 4) for v in z[0].tolist()]} "
         "(mask True = copied; the conditioner takes mask * x)",
     )
+
+
+def _uniform_scale(h):
+    """s = a quarter of the sum of the copied entries, the same for every entry (copied ones too)."""
+    return (0.25 * h.sum(1))[:, None].expand_as(h), h.roll(1, dims=1) + 1.0
 
 
 @visible("ch06.q3.logdet", "Q3 log-det = sum of s over the transformed entries only, one per sample")
@@ -96,11 +87,12 @@ def _q3_logdet(ns):
     affine_coupling = need(ns, "affine_coupling")
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]], dtype=F64)
     mask = torch.tensor([True, False, True, False])
-    _, logdet = affine_coupling(x.clone(), mask, _conditioner)
-    logdet = _tensor(logdet, "logdet", shape=(2,), dtype=F64)
+    _, logdet = affine_coupling(x.clone(), mask, _uniform_scale)
+    logdet = tensor(logdet, "logdet", shape=(2,), dtype=F64)
+    # masked input [1, 0, 3, 0]: s = (1 + 3) / 4 = 1 on each entry, two of them transformed
     expect(
-        _close(logdet[0].item(), 2.0) and _close(logdet[1].item(), 0.0),
-        f"expected log-dets [2.0, 0.0] (0.5 + 1.5 over the transformed entries), got {logdet.tolist()} "
+        close(logdet[0].item(), 2.0) and close(logdet[1].item(), 0.0),
+        f"expected log-dets [2.0, 0.0] (s = 1 on each of the 2 transformed entries), got {logdet.tolist()} "
         "(did you sum s over the copied entries too?)",
     )
 
@@ -114,9 +106,10 @@ def _q4_output(ns):
         8, 2, 3, 3, generator=g, dtype=F64
     )
     z, _ = actnorm_init(x.clone())
-    z = _tensor(z, "z", shape=(8, 2, 3, 3), dtype=F64)
-    mean = z.mean(dim=(0, 2, 3))
-    std = z.std(dim=(0, 2, 3), unbiased=False)
+    z = tensor(z, "z", shape=(8, 2, 3, 3), dtype=F64)
+    per_channel = z.transpose(0, 1).reshape(2, -1)  # channel k: all its values over batch, height and width
+    mean = per_channel.mean(1)
+    std = (per_channel - mean[:, None]).pow(2).mean(1).sqrt()
     expect(bool(mean.abs().max() < 1e-10), f"per-channel means should be 0, got {mean.tolist()}")
     expect(
         bool((std - 1).abs().max() < 1e-10),
@@ -131,10 +124,10 @@ def _q4_logdet(ns):
     signs = torch.tensor([1.0, -1.0], dtype=F64).repeat(10).reshape(1, 1, 4, 5).expand(2, 1, 4, 5)
     x = torch.cat([2.0 * signs, 0.25 * signs], dim=1).clone()
     _, logdet = actnorm_init(x)
-    logdet = _tensor(logdet, "logdet", shape=(2,), dtype=F64)
+    logdet = tensor(logdet, "logdet", shape=(2,), dtype=F64)
     want = -20 * (math.log(2.0) + math.log(0.25))
     expect(
-        all(_close(v, want) for v in logdet.tolist()),
+        all(close(v, want) for v in logdet.tolist()),
         f"expected h w sum_k log S_k = -20 (log 2 + log 1/4) = {want:.4f} for both images, got {logdet.tolist()} "
         "(did you forget the factor h w, or use S = std instead of 1 / std?)",
     )
@@ -147,10 +140,10 @@ def _q5(ns):
     P = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64)
     L = torch.tensor([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [-1.0, 2.0, 1.0]], dtype=F64)
     U = torch.tensor([[2.0, 1.0, -1.0], [0.0, -3.0, 0.5], [0.0, 0.0, 0.5]], dtype=F64)
-    got = _tensor(conv1x1_logdet(P, L, U, 4, 2), "conv1x1_logdet(P, L, U, 4, 2)", shape=())
+    got = tensor(conv1x1_logdet(P, L, U, 4, 2), "conv1x1_logdet(P, L, U, 4, 2)", shape=())
     want = 8 * math.log(3.0)
     expect(
-        _close(got.item(), want),
+        close(got.item(), want),
         f"expected h w sum_i log|U_ii| = 8 log 3 = {want:.4f}, got {got.item():.4f} "
         "(take the absolute value of the diagonal; det P = -1 and det L = 1 do not change |det W|)",
     )
@@ -160,17 +153,17 @@ def _q5(ns):
 @visible("ch06.q6.uniform", "Q6 the uniform density (log p = 0) scores log2 L bits/dim: 8 for 256 levels")
 def _q6_uniform(ns):
     bits_per_dim = need(ns, "bits_per_dim")
-    got = _tensor(bits_per_dim(torch.zeros(5, dtype=F64), 64, 256), "bits_per_dim(...)", shape=(), dtype=F64)
-    expect(_close(got.item(), 8.0), f"expected exactly 8.0 bits/dim for log p = 0 with 256 levels, got {got.item()}")
+    got = tensor(bits_per_dim(torch.zeros(5, dtype=F64), 64, 256), "bits_per_dim(...)", shape=(), dtype=F64)
+    expect(close(got.item(), 8.0), f"expected exactly 8.0 bits/dim for log p = 0 with 256 levels, got {got.item()}")
 
 
 @visible("ch06.q6.levels", "Q6 17 levels (the digits): offset log2 17, and the average over the batch")
 def _q6_levels(ns):
     bits_per_dim = need(ns, "bits_per_dim")
     log_p = torch.tensor([100.0, 140.0], dtype=F64)
-    got = _tensor(bits_per_dim(log_p, 64, 17), "bits_per_dim(...)", shape=(), dtype=F64).item()
-    want = (-120.0 + 64 * math.log(17)) / (64 * math.log(2))
+    got = tensor(bits_per_dim(log_p, 64, 17), "bits_per_dim(...)", shape=(), dtype=F64).item()
+    want = 1.3824096395835332  # log2 17 - 120 / (64 ln 2)
     expect(
-        _close(got, want),
+        close(got, want),
         f"expected (-120 + 64 log 17) / (64 log 2) = {want:.4f}, got {got:.4f} (is the offset D log L, in nats?)",
     )
