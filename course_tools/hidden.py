@@ -16,17 +16,16 @@ Authors write one module per assignment, ``solutions/<assignment>/hidden_checks.
     import torch
     from course_tools.hidden import Checks, expect_close, expect_tensor
 
-    checks = Checks("ch01_probability")
+    checks = Checks("ch00_example")          # a made-up assignment: no real check is printed here
 
-    @checks.cell("q1_basic_test")            # the grade_id of the test cell it decides
-    def q1_batch(student):
-        g = torch.Generator().manual_seed(11)
-        p = torch.rand(6, 5, generator=g, dtype=torch.float64) + 0.05
-        p = p / p.sum(-1, keepdim=True)
-        got = student.entropy(p)              # 1. every call to the student's code first ...
-        got = expect_tensor(got, "entropy(p)", shape=(6,), dtype=torch.float64)
-        ref = -(p * p.log()).sum(-1)          # 2. ... then references and comparisons
-        expect_close(got, ref, "the entropy of a batch of random distributions is wrong")
+    @checks.cell("q1_softmax_test")          # the grade_id of the test cell it decides
+    def q1_rows(student):
+        gen = torch.Generator().manual_seed(2024)
+        logits = 3 * torch.randn(4, 7, generator=gen, dtype=torch.float64)
+        got = student.softmax(logits)         # 1. every call to the student's code first ...
+        got = expect_tensor(got, "softmax(logits)", shape=(4, 7), dtype=torch.float64)
+        ref = torch.exp(logits - torch.logsumexp(logits, -1, keepdim=True))  # 2. ... then the references
+        expect_close(got, ref, "softmax of a batch of random logits is wrong")
 
 How it runs. Each check function runs twice in the grader. First in *record* mode, before the kernel starts:
 ``student.<name>(...)`` records the call and returns a placeholder, and the function stops at the first use of a

@@ -94,6 +94,15 @@ def test_no_solution_or_hidden_check_in_student_version(assignment):
     assert find_leaks([checks], hidden_check_patterns()), "the hidden-check patterns do not match their own file"
 
 
+def test_code_that_kernels_and_hub_users_can_read_holds_no_hidden_check():
+    # the grading kernel reads flowlib/ and course_tools/ (the sandbox exposes them), and so do students on the
+    # hub (the course's environment); a documentation example copied from a real check would publish it
+    public = glob.glob(os.path.join(H.REPO, "flowlib", "**", "*.py"), recursive=True) + [
+        p for p in glob.glob(os.path.join(H.REPO, "course_tools", "*.py"))
+    ]
+    assert len(public) > 10 and find_leaks(public, hidden_check_patterns()) == []
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_every_answer_has_tests_and_points(assignment):
     for nb in H.notebooks(assignment):
