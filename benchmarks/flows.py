@@ -85,9 +85,46 @@ FLOWLIB_VARIANTS = {  # "flowlib:<name>": coupling-conditioner initialisation ab
 }
 
 
+MAF_VARIANTS = {  # "flowlib:<name>" on the maf rows: log-scale bound and initialisation of the last MADE layer
+    "pytorch": dict(last_scale="sqrt(d)"),  # undoes flowlib's 1/sqrt(d): PyTorch's init as it is (the old default)
+    "idinit": dict(identity_init=True),  # exact identity start (zero last layer)
+    "small1e-2": dict(last_std=1e-2),
+    "small3e-2": dict(last_std=3e-2),
+    "bound2": dict(scale_bound=2.0),
+    "nobound": dict(scale_bound=None),
+}
+
+
 def build_flowlib_variant(variant, arch, dim):
-    if arch != "realnvp":
-        raise ValueError(f"the flowlib:{variant} ablation is defined for realnvp only")
+    if arch == "maf":
+        if variant not in MAF_VARIANTS:
+            raise ValueError(f"the flowlib:{variant} ablation is defined for realnvp only")
+        from flowlib.distributions import StandardNormal
+        from flowlib.flow import Flow
+        from flowlib.transforms.autoregressive import MAF
+        from flowlib.transforms.base import Compose
+        from flowlib.transforms.permutation import Reverse
+
+        kw = dict(MAF_VARIANTS[variant])
+        last_std = kw.pop("last_std", None)
+        last_scale = kw.pop("last_scale", None)
+        layers = []
+        for k in range(N_LAYERS[arch]):  # as flowlib's maf(): MAF layers with a Reverse between them
+            layers.append(MAF(dim, HIDDEN, **kw))
+            if last_std is not None:  # a small random last MADE layer: near the identity, not exactly at it
+                last = layers[-1].made.net[-1]
+                torch.nn.init.normal_(last.weight, std=last_std)
+                torch.nn.init.zeros_(last.bias)
+            if last_scale is not None:  # flowlib scaled PyTorch's init of the last MADE layer by 1/sqrt(d)
+                with torch.no_grad():
+                    layers[-1].made.net[-1].weight.mul_(dim ** 0.5)
+                    layers[-1].made.net[-1].bias.mul_(dim ** 0.5)
+            if k < N_LAYERS[arch] - 1:
+                layers.append(Reverse(dim))
+        flow = Flow(Compose(*layers), StandardNormal((dim,)))
+        return Model(flow, flow.log_prob, flow.sample)
+    if variant not in FLOWLIB_VARIANTS:
+        raise ValueError(f"the flowlib:{variant} ablation is defined for maf only")
     from flowlib.models import realnvp
 
     flow = realnvp(dim, num_layers=N_LAYERS[arch], hidden=HIDDEN, **FLOWLIB_VARIANTS[variant])
@@ -101,10 +138,11 @@ def build(lib, arch, dim):
 
 
 def lib_choice(name):
-    if name in LIBS or (name.startswith("flowlib:") and name.split(":", 1)[1] in FLOWLIB_VARIANTS):
+    variants = {**FLOWLIB_VARIANTS, **MAF_VARIANTS}
+    if name in LIBS or (name.startswith("flowlib:") and name.split(":", 1)[1] in variants):
         return name
     raise argparse.ArgumentTypeError(
-        f"unknown library {name!r}: one of {LIBS} or flowlib:<{'|'.join(FLOWLIB_VARIANTS)}>")
+        f"unknown library {name!r}: one of {LIBS} or flowlib:<{'|'.join(variants)}>")
 
 
 def build_flowlib(arch, dim):
@@ -707,9 +745,13 @@ def write_report(path, results, args, meta):
         for arch in args.archs:
             note = meta.get("scale_notes", {}).get((lib, arch), SCALE_NOTES.get((lib, arch)))
             if note is None:
-                if not lib.startswith("flowlib:") or arch != "realnvp":
+                variant = lib.split(":", 1)[1] if lib.startswith("flowlib:") else None
+                if arch == "realnvp" and variant in FLOWLIB_VARIANTS:
+                    note = f"as flowlib, with `realnvp(..., **{FLOWLIB_VARIANTS[variant]})`"
+                elif arch == "maf" and variant in MAF_VARIANTS:
+                    note = f"as flowlib, with every layer `MAF(..., **{MAF_VARIANTS[variant]})`"
+                else:
                     continue
-                note = f"as flowlib, with `realnvp(..., **{FLOWLIB_VARIANTS[lib.split(':', 1)[1]]})`"
             w(f"| {lib} | {arch} | {note} |")
     w("")
     w(meta.get("extra_notes", ""))
