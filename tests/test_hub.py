@@ -7,7 +7,10 @@ the login form, start their servers, fetch through nbgrader's server API; A writ
 through the contents API, B submits the untouched notebook.  The hub restarts; the submissions are still there.
 The instructor collects, autogrades and releases feedback; both fetch it.  Bad cases: a wrong password; B
 reading, listing or overwriting A's submission, the inbound folder, the gradebook, solutions/ or the
-instructor's files through the hub's REST and contents API and as B's Unix user.
+instructor's files through the hub's REST and contents API and as B's Unix user.  In headless Chromium, A logs
+in through the form, opens Nbgrader > Assignment List and sees the assignment, then follows the book's launch
+link of a lecture (nbgitpuller, the student repository written by `publish-student` and served by `git daemon`)
+and sees the pulled notebook rendered.  Screenshots go to artifacts/.
 """
 
 from __future__ import annotations
@@ -73,6 +76,17 @@ def launch_link(hub_url: str, student_repo: str) -> str:
     assert query["urlpath"] == f"lab/tree/{name}/{LECTURE}.ipynb", query
     query["repo"] = student_repo  # the same link, served from this machine instead of the public host
     return f"{hub_url}/hub/user-redirect/git-pull?{urlencode(query)}"
+
+
+def first_heading(doc: str) -> str:
+    """The text of the first markdown heading of a lecture notebook."""
+    with open(os.path.join(REPO, doc + ".ipynb"), encoding="utf-8") as fh:
+        cells = json.load(fh)["cells"]
+    for c in cells:
+        for line in "".join(c["source"]).splitlines():
+            if c["cell_type"] == "markdown" and line.startswith("# "):
+                return line[2:].split(":")[0].strip()
+    raise AssertionError(f"{doc}: no heading")
 
 
 def _by_text(selector: str, text: str) -> str:
@@ -466,7 +480,14 @@ def test_course_on_a_real_hub(hub, monkeypatch, request):
         ), f"the launch link did not open the notebook: {br.evaluate('location.href')}\n{hub.tail()}"
         assert os.path.isfile(pulled), "nbgitpuller did not pull the lecture notebook into the student's home"
         assert os.stat(pulled).st_uid == int(subprocess.check_output(["id", "-u", a]))
-        assert br.wait_for("!!document.querySelector('.jp-NotebookPanel .jp-Cell')", timeout=60), "notebook not shown"
+        title = json.dumps(first_heading(LECTURE))
+        shown = br.wait_for(
+            "[...document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownOutput h1')]"
+            f".some(h => h.innerText.includes({title}))", timeout=60,
+        )
+        assert shown, "the pulled lecture notebook was not rendered in JupyterLab"
+        # students are not asked about Jupyter's news feed (the hub may have no internet; page_config.json)
+        assert not br.evaluate("document.body.innerText.includes('notified about official Jupyter news')")
         br.screenshot(os.path.join(artifacts, "hub_launch_link.png"))
     stage("browser: launch link pulled the student repository and opened the lecture; screenshots in artifacts/")
     print(f"\nhub end-to-end: {time.time() - t0:.1f} s (autograde {t_grade:.1f} s)")
