@@ -289,7 +289,8 @@ SCALE_NOTES = {
     ("flowlib", "realnvp"): "`AffineCoupling`: `s = 2 tanh(r/2)`, `z_b = x_b exp(s) + t`: log-scale "
     "soft-clamped to (-2, 2) both ways; last conditioner layer zero-initialised (identity at start)",
     ("flowlib", "maf"): "`s = 3 tanh(r/3)`, `z = x exp(s) + t`: log-scale soft-clamped to "
-    "(-3, 3) both ways; PyTorch's default init of every MADE layer, the last one scaled by 1/sqrt(d) (`identity_init=True` zeroes it)",
+    "(-3, 3) both ways; PyTorch's default init of every MADE layer, the last one scaled by 1/sqrt(d) "
+    "(`identity_init=True` zeroes it)",
     ("normflows", "realnvp"): "`AffineCoupling(scale_map='exp')` (library default): `exp(s)`, **unbounded** "
     "both ways; `MLP(init_zeros=True)` starts at the identity",
     ("normflows", "maf"): "`MaskedAffineAutoregressive` (nflows code): `scale = sigmoid(s + 2) + 1e-3` in "
