@@ -58,8 +58,8 @@ def test_best_model_beats_every_peer_in_the_benchmark_report(results):
         if line.startswith("## "):
             in_digits = line.startswith("## 8x8 digits")
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if in_digits and len(cells) > 4 and cells[1] not in ("library", "---", "flowlib"):
-            peers.append(float(cells[3].split()[0]))
+        if in_digits and len(cells) > 4 and cells[1] not in ("library", "---") and not cells[1].startswith("flowlib"):
+            peers.append(float(cells[3].split()[0]))  # the final model's median over seeds
     assert len(peers) >= 4
     assert min(r["test_bpd"] for r in results.values()) < min(peers)
 
