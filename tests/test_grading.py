@@ -97,9 +97,9 @@ def test_no_solution_or_hidden_check_in_student_version(assignment):
 def test_code_that_kernels_and_hub_users_can_read_holds_no_hidden_check():
     # the grading kernel reads flowlib/ and course_tools/ (the sandbox exposes them), and so do students on the
     # hub (the course's environment); a documentation example copied from a real check would publish it
-    public = glob.glob(os.path.join(H.REPO, "flowlib", "**", "*.py"), recursive=True) + [
-        p for p in glob.glob(os.path.join(H.REPO, "course_tools", "*.py"))
-    ]
+    public = glob.glob(os.path.join(H.REPO, "flowlib", "**", "*.py"), recursive=True) + glob.glob(
+        os.path.join(H.REPO, "course_tools", "*.py")
+    )
     assert len(public) > 10 and find_leaks(public, hidden_check_patterns()) == []
 
 
