@@ -53,8 +53,20 @@ if [ "$want_system" = 1 ]; then
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then
             log "installing Debian packages: ${missing[*]}"
-            apt-get update -qq >/dev/null
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+            # A freshly booted machine often has apt busy (unattended upgrades, cloud-init): wait for its locks
+            # (up to 10 minutes) instead of failing on the first try.
+            apt_wait=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
+            apt_retry() {
+                local i
+                for i in $(seq 1 40); do
+                    "$@" && return 0
+                    log "apt is busy or failed (try $i of 40); retrying in 15 s"
+                    sleep 15
+                done
+                return 1
+            }
+            apt_retry apt-get "${apt_wait[@]}" update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt_retry apt-get "${apt_wait[@]}" install -y -qq "${missing[@]}" >/dev/null
         else
             echo "The tests need these Debian packages: ${missing[*]}. Install them with:" >&2
             echo "  sudo apt-get install -y ${missing[*]}" >&2

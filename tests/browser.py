@@ -103,7 +103,11 @@ class Browser:
         if not targets:
             self.__exit__(None, None, None)
             raise RuntimeError("chromium did not start its DevTools endpoint")
-        self._ws = websocket.create_connection(targets[0]["webSocketDebuggerUrl"], timeout=self.timeout)
+        # Chromium >= 111 refuses a DevTools WebSocket whose handshake carries an Origin header (403 Forbidden,
+        # "Rejected an incoming WebSocket connection from the http://127.0.0.1:PORT origin"); websocket-client
+        # sends one unless told not to. Without an Origin the connection is accepted on every version.
+        self._ws = websocket.create_connection(targets[0]["webSocketDebuggerUrl"], timeout=self.timeout,
+                                               suppress_origin=True)
         self.call("Page.enable")
         self.call("Network.enable")
         self.call("Runtime.enable")
