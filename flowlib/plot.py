@@ -23,9 +23,14 @@ __all__ = [
     "density_heatmap",
     "scatter_samples",
     "plot_flow_layers",
+    "COLUMN_WIDTH",
+    "panels",
+    "categorical_colors",
+    "stage_log_prob",
     "animate_flow",
     "to_html",
     "image_grid",
+    "markdown_table",
 ]
 
 DEFAULT_BOUNDS = ((-4.0, 4.0), (-4.0, 4.0))
@@ -62,6 +67,46 @@ def use_book_style() -> None:
 
 
 use_book_style()
+
+
+#: Width in inches of a figure that fills the book's text column (about 690 CSS pixels) without shrinking its
+#: text below ~60 % of the size it was drawn at: 7 in at 150 dpi is 1050 px, shown at 690 px (66 %).
+COLUMN_WIDTH = 7.0
+
+
+def panels(n: int, ncols: int | None = None, aspect: float = 1.0, width: float = COLUMN_WIDTH, **kwargs):
+    """A figure of ``n`` panels sized for the book's text column: at most ``ncols`` panels a row (default 2 for
+    ``n`` = 4, otherwise up to 3), ``width`` inches wide in all, each panel ``aspect`` times as high as wide.
+    Unused axes are switched off. ``kwargs`` go to ``plt.subplots`` (e.g. ``sharex``, ``gridspec_kw``).
+    Returns ``(fig, axes)`` with ``axes`` a flat array of ``n`` axes.
+
+    A row of four panels drawn 13 in wide and shown in a 690 px column shrinks 11 pt text to 5 px; two rows of
+    two at 7 in keep it at about 15 px.
+    """
+    n = check_int(n, "n")
+    if ncols is None:
+        ncols = 2 if n == 4 else min(n, 3)
+    ncols = min(check_int(ncols, "ncols"), n)
+    if width > COLUMN_WIDTH + 1e-9:
+        raise ValueError(f"width must be at most COLUMN_WIDTH = {COLUMN_WIDTH} in (the text column), got {width}")
+    nrows = math.ceil(n / ncols)
+    panel_w = width / ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, nrows * panel_w * aspect + 0.3), squeeze=False,
+                             **kwargs)
+    axes = axes.ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
+def categorical_colors(n: int) -> list:
+    """``n`` colours for categories: the book's :data:`PALETTE` while it lasts (8), else ``n`` evenly spaced
+    colours of its colour map (viridis), which stay ordered and distinguishable in grey scale."""
+    n = check_int(n, "n")
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    cmap = plt.get_cmap(BOOK_STYLE["image.cmap"])
+    return [cmap(i / (n - 1)) for i in range(n)]
 
 
 def _axes(ax, figsize=(4, 4)):
@@ -204,6 +249,42 @@ def plot_flow_layers(
     return fig, axes
 
 
+def stage_log_prob(flow, k: int, direction: str = "inverse"):
+    """The log-density of the model's variable after ``k`` layers of ``direction``, as a function of a
+    ``(B, 2)`` tensor: the flow made of the layers still to come, on the same base.
+
+    ``direction="inverse"`` (generation) starts at the base (``k = 0``: ``log p_Z``) and ends at the model's
+    ``log p_X`` (``k = K``); ``"forward"`` runs the other way. Used by :func:`animate_flow`.
+    """
+    layers = list(flow.transform) if isinstance(flow.transform, Compose) else [flow.transform]
+    K = len(layers)
+    if direction not in ("forward", "inverse"):
+        raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
+    if not 0 <= int(k) <= K:
+        raise ValueError(f"k must be between 0 and the number of layers {K}, got {k}")
+    rest = layers[K - k :] if direction == "inverse" else layers[k:]
+    if not rest:
+        return flow.base.log_prob
+    sub = Compose(*rest)
+
+    def log_prob(x):
+        z, logdet = sub._forward(x)
+        return flow.base.log_prob(z) + logdet
+
+    return log_prob
+
+
+def _density_on_grid(log_prob, bounds, grid, dtype, device):
+    (x0, x1), (y0, y1) = bounds
+    xs = torch.linspace(x0, x1, grid, dtype=dtype, device=device)
+    ys = torch.linspace(y0, y1, grid, dtype=dtype, device=device)
+    X, Y = torch.meshgrid(xs, ys, indexing="xy")
+    points = torch.stack([X.reshape(-1), Y.reshape(-1)], 1)
+    with torch.no_grad():
+        log_p = torch.cat([log_prob(chunk) for chunk in points.split(16384)])
+    return _np(log_p.exp().reshape(grid, grid))
+
+
 def animate_flow(
     flow,
     points=None,
@@ -215,16 +296,25 @@ def animate_flow(
     n_lines: int = 11,
     interval: int = 80,
     s: float = 2.0,
+    density: bool = False,
+    grid: int = 80,
+    stage_label: str = "layer",
 ):
     """Animate a 2-D flow layer by layer: ``frames`` frames linearly interpolate each layer's move.
 
     Frame ``f`` of transition ``k`` shows ``(1 - a) h_k + a h_{k+1}``, ``a = f / frames``. Without
     ``points``, draws ``n_samples`` base samples with ``seed`` (generation). Axis limits are fixed
-    (``bounds``, default the central 99% of all stages) so motion is comparable. Returns a
-    ``FuncAnimation``; show it in the book with ``to_html(anim)``. The figure is closed so that notebooks
-    do not also print a static copy.
+    (``bounds``, default the central 99% of all stages) so motion is comparable; both axes are labelled.
+    With ``density=True`` a second panel shows the density of the variable after each layer
+    (:func:`stage_log_prob`, a ``grid x grid`` heat map on ``bounds``); frames between two layers blend the two
+    layers' densities (the samples move linearly, which no layer does exactly), so only the frames at a layer
+    show an exact density: use ``frames=1`` with many layers (e.g. time slices of a CNF) for an exact film.
+    ``stage_label`` names a layer in the titles ("layer", "time slice", ...). Returns a ``FuncAnimation``;
+    show it in the book with ``to_html(anim)``. The figure is closed so that notebooks do not also print a
+    static copy.
     """
     frames = check_int(frames, "frames")
+    grid = check_int(grid, "grid", minimum=2)
     if points is None:
         if direction != "inverse":
             raise ValueError("direction='forward' needs data points")
@@ -239,53 +329,95 @@ def animate_flow(
         lo, hi = np.percentile(allp, 0.5, axis=0), np.percentile(allp, 99.5, axis=0)
         pad = 0.1 * (hi - lo)
         bounds = ((lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
-    fig, ax = plt.subplots(figsize=(4, 4))
+    densities = None
+    if density:
+        dtype, device = _like(flow)
+        densities = [_density_on_grid(stage_log_prob(flow, k, direction), bounds, grid, dtype, device)
+                     for k in range(len(pts))]
+        vmax = max(float(np.nanpercentile(d, 99.5)) for d in densities)
+        fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH, 3.6))
+    else:
+        fig, ax = plt.subplots(figsize=(4, 4))
     n_total = (len(pts) - 1) * frames + 1
+    start = "base samples" if direction == "inverse" else "input"
 
     def update(f):
         k, a = min(f // frames, len(pts) - 2), (f - min(f // frames, len(pts) - 2) * frames) / frames
         if len(pts) == 1:
             k, a = 0, 0.0
+        if a == 1.0:
+            k, a = k + 1, 0.0
         p = pts[k] if a == 0 else (1 - a) * pts[k] + a * pts[k + 1]
         g = grids[k] if a == 0 else (1 - a) * grids[k] + a * grids[k + 1]
         ax.clear()
-        title = "base samples" if direction == "inverse" else "input"
-        if k > 0 or a > 0:
-            title = f"layer {k + 1}/{len(names)}: {names[k]}" if a > 0 else f"after layer {k}/{len(names)}"
-        _draw_stage(ax, p, g, title, s, bounds)
+        if a > 0:
+            title = f"{stage_label} {k + 1}/{len(names)}: {names[k]}"
+        else:
+            title = start if k == 0 else f"after {stage_label} {k}/{len(names)}"
+        _draw_stage(ax, p, g, ("samples: " if density else "") + title, s, bounds)
+        ax.set_xlabel("$h_1$" if density else "$x_1$")
+        ax.set_ylabel("$h_2$" if density else "$x_2$")
+        if densities is not None:
+            d = densities[k] if a == 0 else (1 - a) * densities[k] + a * densities[k + 1]
+            ax_d.clear()
+            (x0, x1), (y0, y1) = bounds
+            ax_d.imshow(d, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", vmin=0, vmax=vmax,
+                        interpolation="nearest", aspect="equal")
+            ax_d.set_title("density" + (" (blend of the two)" if a > 0 else f" after {k} of {len(names)}"),
+                           fontsize=9)
+            ax_d.set_xlabel("$h_1$")
+            ax_d.set_ylabel("$h_2$")
         return ()
 
+    update(0)
+    fig.tight_layout()
     anim = FuncAnimation(fig, update, frames=n_total, interval=interval, blit=False)
     plt.close(fig)
     return anim
 
 
+def _svg(body: str, label: str) -> str:
+    return (f'<svg width="14" height="14" viewBox="0 0 16 16" role="img" aria-label="{label}" '
+            f'style="vertical-align:middle" fill="currentColor">{body}</svg>')
+
+
+# The player's Font Awesome icons as inline SVG: they draw without any font (Unicode media symbols such as
+# U+23EE are missing from many system fonts and showed as empty boxes).
+_TRI_R, _TRI_L = '<path d="M4 2 L13 8 L4 14 Z"/>', '<path d="M12 2 L3 8 L12 14 Z"/>'
 _ICONS = {
-    "fa fa-minus": "\u2212",
-    "fa fa-plus": "+",
-    "fa fa-fast-backward": "\u23ee",
-    "fa fa-step-backward": "\u23ea",
-    "fa fa-play fa-flip-horizontal": "\u25c0",
-    "fa fa-pause": "\u23f8",
-    "fa fa-play": "\u25b6",
-    "fa fa-step-forward": "\u23e9",
-    "fa fa-fast-forward": "\u23ed",
+    "fa fa-minus": _svg('<rect x="2" y="7" width="12" height="2"/>', "slower"),
+    "fa fa-plus": _svg('<rect x="2" y="7" width="12" height="2"/><rect x="7" y="2" width="2" height="12"/>',
+                       "faster"),
+    "fa fa-fast-backward": _svg('<rect x="2" y="2" width="2" height="12"/><path d="M14 2 L5 8 L14 14 Z"/>',
+                                "first frame"),
+    "fa fa-step-backward": _svg('<rect x="11" y="2" width="2" height="12"/><path d="M10 2 L2 8 L10 14 Z"/>',
+                                "previous frame"),
+    "fa fa-play fa-flip-horizontal": _svg(_TRI_L, "play backwards"),
+    "fa fa-pause": _svg('<rect x="3" y="2" width="3.5" height="12"/><rect x="9.5" y="2" width="3.5" height="12"/>',
+                        "pause"),
+    "fa fa-play": _svg(_TRI_R, "play"),
+    "fa fa-step-forward": _svg('<rect x="3" y="2" width="2" height="12"/><path d="M6 2 L14 8 L6 14 Z"/>',
+                               "next frame"),
+    "fa fa-fast-forward": _svg('<rect x="12" y="2" width="2" height="12"/><path d="M2 2 L11 8 L2 14 Z"/>',
+                               "last frame"),
 }
 
 
 def offline_player(html: str) -> str:
     """Make matplotlib's JavaScript player self-contained and accessible: it links Font Awesome from a CDN for
-    its button icons (dropped: the icons become Unicode symbols) and its frame has no alt text (added)."""
+    its button icons (dropped: the icons become inline SVG drawings, which need no font) and its frame has no alt
+    text (added)."""
     import re
 
     html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
     html = html.replace('<img id="', '<img alt="animation frame (play it with the buttons below)" id="')
-    return re.sub(r'<i class="(fa [^"]*)"></i>', lambda m: _ICONS.get(m.group(1), "\u2022"), html)
+    dot = _svg('<circle cx="8" cy="8" r="3"/>', "button")
+    return re.sub(r'<i class="(fa [^"]*)"></i>', lambda m: _ICONS.get(m.group(1), dot), html)
 
 
 def to_html(anim) -> str:
     """Self-contained HTML/JavaScript player for an animation: frames embedded, no CDN (the player's icons
-    are Unicode symbols), plays offline."""
+    are inline SVG), plays offline."""
     return offline_player(anim.to_jshtml())
 
 
@@ -310,10 +442,36 @@ def image_grid(images, nrow: int = 8, ax=None, padding: int = 1, cmap: str = "gr
         r, c = divmod(b, nrow)
         top, left = padding + r * (H + padding), padding + c * (W + padding)
         canvas[:, top : top + H, left : left + W] = x[b]
-    fig, ax = _axes(ax, figsize=(0.6 * ncol_imgs + 0.5, 0.6 * nrows + 0.5))
+    # 0.6 in per image, but never wider than the book's text column (a wider figure is shrunk on the page)
+    size = min(0.6, (COLUMN_WIDTH - 0.5) / ncol_imgs)
+    fig, ax = _axes(ax, figsize=(size * ncol_imgs + 0.5, size * nrows + 0.5))
     if C == 1:
         ax.imshow(canvas[0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     else:
         ax.imshow(np.nan_to_num(canvas.transpose(1, 2, 0), nan=1.0).clip(0, 1), interpolation="nearest")
     ax.axis("off")
     return fig, ax
+
+
+def markdown_table(header, rows, align=None):
+    """A table for a notebook's output that the book renders as an HTML table (it reflows on a narrow screen,
+    unlike columns of printed text): ``header`` a list of column names, ``rows`` lists of cells (numbers are
+    shown with ``str``: format them first), ``align`` a string of ``l``/``r``/``c`` per column (default: text
+    left, the rest right). ``|`` in a cell is escaped. Returns an ``IPython.display.Markdown`` object."""
+    from IPython.display import Markdown
+
+    header = [str(h) for h in header]
+    rows = [[str(c) for c in row] for row in rows]
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError(f"every row needs {len(header)} cells, one per column of the header")
+    if align is None:
+        align = "l" + "r" * (len(header) - 1)
+    if len(align) != len(header) or set(align) - set("lrc"):
+        raise ValueError(f"align must be {len(header)} letters l, r or c, got {align!r}")
+    rule = {"l": ":---", "r": "---:", "c": ":---:"}
+
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return Markdown("\n".join([line(header), "| " + " | ".join(rule[a] for a in align) + " |"]
+                             + [line(r) for r in rows]))

@@ -175,7 +175,10 @@ def main(argv=None) -> int:
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
     }
     (args.out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"exact test NLL {exact:.4f}; wrote {args.out / 'comparison.json'}")
+    written = (args.out / "comparison.json").resolve()
+    # relative to the repository: a log pasted into the book must not show the path of this machine's checkout
+    shown = written.relative_to(ROOT) if written.is_relative_to(ROOT) else written.name
+    print(f"exact test NLL {exact:.4f}; wrote {shown}")
     return 0
 
 

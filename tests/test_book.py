@@ -334,3 +334,27 @@ def test_no_committed_output_shows_a_path_of_the_machine_that_ran_it():
                         found.append(f"{path.relative_to(ROOT)} cell {i}: ...{text[start:m.end() + 40]!s}")
     assert not found, f"{len(found)} committed outputs show a path of the machine that executed them:\n" + "\n".join(
         found[:20])
+
+
+def test_every_animation_has_enough_frames_and_font_free_buttons():
+    """Lecture animations (flowlib.plot.to_html players): at least 25 frames, and buttons drawn as inline SVG
+    (a Font Awesome class or a Unicode media symbol shows as an empty box where the font lacks it)."""
+    import nbformat
+
+    players = 0
+    for path in sorted((ROOT / "chapters").rglob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            for out in cell.get("outputs", []):
+                html = out.get("data", {}).get("text/html", "")
+                if "anim-buttons" not in html and "animation" not in html.lower()[:2000]:
+                    continue
+                frames = html.count("data:image/png;base64")
+                if frames < 2:
+                    continue
+                players += 1
+                where = f"{path.relative_to(ROOT)} cell {i}"
+                assert frames >= 25, f"{where}: the animation has {frames} frames (at least 25)"
+                buttons = re.findall(r"<button[^>]*>(.*?)</button>", html, re.S)
+                assert buttons and all("<svg" in b for b in buttons), f"{where}: a player button without an SVG icon"
+                assert not re.search(r"[\u2190-\u2bff]|class=\"fa ", html), f"{where}: an icon that needs a font"
+    assert players >= 2, "the animations of lectures 5.3 and 7.2 were not found"

@@ -127,3 +127,54 @@ def test_image_grid():
     assert ax.images[0].get_array().shape == (6, 26, 3)  # one row of five 4x4 RGB images
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         plot.image_grid(torch.zeros(2, 2, 4, 4))
+
+
+def test_panels_fit_the_text_column():
+    fig, axes = plot.panels(4, ncols=2)
+    assert len(axes) == 4 and fig.get_size_inches()[0] == pytest.approx(plot.COLUMN_WIDTH)
+    fig, axes = plot.panels(5, ncols=3)
+    assert len(axes) == 5 and len(fig.axes) == 6 and not fig.axes[5].axison  # the unused sixth is off
+    with pytest.raises(ValueError, match="COLUMN_WIDTH"):
+        plot.panels(2, width=plot.COLUMN_WIDTH + 3)
+    # a long row of images is drawn at the column's width, not 0.6 in per image
+    fig, _ = plot.image_grid(torch.rand(32, 8, 8), nrow=16)
+    assert fig.get_size_inches()[0] <= plot.COLUMN_WIDTH + 1e-9
+    plt.close("all")
+
+
+def test_categorical_colors_come_from_the_book_palette():
+    assert plot.categorical_colors(3) == plot.PALETTE[:3]
+    ten = plot.categorical_colors(10)
+    assert len(ten) == 10 and len({tuple(np.round(c, 4)) for c in ten}) == 10
+
+
+def test_markdown_table():
+    md = plot.markdown_table(["model", "NLL"], [["a|b", "1.250"], ["c", 2]]).data
+    assert md.splitlines() == ["| model | NLL |", "| :--- | ---: |", "| a\\|b | 1.250 |", "| c | 2 |"]
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        plot.markdown_table(["a", "b"], [["x"]])
+    with pytest.raises(ValueError, match="align"):
+        plot.markdown_table(["a", "b"], [["x", "y"]], align="lx")
+
+
+def test_stage_log_prob_runs_from_the_base_to_the_model(flow):
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1))
+    K = len(list(flow.transform))
+    torch.testing.assert_close(plot.stage_log_prob(flow, 0)(x), flow.base.log_prob(x))
+    torch.testing.assert_close(plot.stage_log_prob(flow, K)(x), flow.log_prob(x))
+    torch.testing.assert_close(plot.stage_log_prob(flow, 0, "forward")(x), flow.log_prob(x))
+    with pytest.raises(ValueError, match="k must be between"):
+        plot.stage_log_prob(flow, K + 1)
+
+
+def test_animation_with_density_and_font_free_player(flow):
+    anim = plot.animate_flow(flow, frames=2, n_samples=100, seed=0, density=True, grid=20)
+    fig = anim._fig
+    assert len(fig.axes) == 2 and all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+    assert fig.axes[1].images, "no density heat map"
+    html = plot.to_html(anim)
+    assert html.count("data:image/png;base64") == 7
+    # every player button is an inline SVG icon: nothing that needs an icon font or a symbol glyph
+    buttons = re.findall(r"<button[^>]*>(.*?)</button>", html, re.S)
+    assert len(buttons) >= 9 and all("<svg" in b and 'class="fa' not in b for b in buttons)
+    assert not re.search(r"[\u2190-\u2bff]", html), "a media symbol that many fonts lack"
