@@ -204,11 +204,11 @@ def _stages(flow, points, direction, bounds, n_lines, points_per_line):
     return pts, grids, names
 
 
-def _draw_stage(ax, pts, grid, title, s, bounds=None):
+def _draw_stage(ax, pts, grid, title, s, bounds=None, fontsize=9):
     for line in grid:
         ax.plot(line[:, 0], line[:, 1], color="0.6", lw=0.6)
     ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=0.5, color="C0", linewidths=0)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=fontsize)
     ax.set_aspect("equal")
     if bounds is not None:
         ax.set_xlim(*bounds[0])
@@ -354,7 +354,7 @@ def animate_flow(
             title = f"{stage_label} {k + 1}/{len(names)}: {names[k]}"
         else:
             title = start if k == 0 else f"after {stage_label} {k}/{len(names)}"
-        _draw_stage(ax, p, g, ("samples: " if density else "") + title, s, bounds)
+        _draw_stage(ax, p, g, title, s, bounds, fontsize=11 if density else 9)
         ax.set_xlabel("$h_1$" if density else "$x_1$")
         ax.set_ylabel("$h_2$" if density else "$x_2$")
         if densities is not None:
@@ -363,8 +363,11 @@ def animate_flow(
             (x0, x1), (y0, y1) = bounds
             ax_d.imshow(d, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", vmin=0, vmax=vmax,
                         interpolation="nearest", aspect="equal")
-            ax_d.set_title("density" + (" (blend of the two)" if a > 0 else f" after {k} of {len(names)}"),
-                           fontsize=9)
+            if a > 0:
+                what = f"density: blend of {k} and {k + 1}"
+            else:
+                what = "density of the base" if k == 0 and direction == "inverse" else f"density after {k}"
+            ax_d.set_title(what, fontsize=11)
             ax_d.set_xlabel("$h_1$")
             ax_d.set_ylabel("$h_2$")
         return ()
