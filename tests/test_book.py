@@ -217,7 +217,7 @@ DESKTOP, PHONE = 1280, 390
 MEASURE_JS = r"""(async () => {
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
   const art = document.querySelector('article.bd-article') || document.querySelector('[role=main]');
-  const out = {equations: [], images: [], text: []};
+  const out = {equations: [], images: [], text: [], broken: []};
   if (!art) return out;
   const where = (e) => {
     const m = e.closest('.math[id], [id]');
@@ -246,6 +246,23 @@ MEASURE_JS = r"""(async () => {
     }
     if (/\$|\\|\{eq\}|\{cite|\{ref\}|\{numref\}/.test(text))
       out.text.push({tag: el.tagName.toLowerCase(), text: text.replace(/\s+/g, ' ').trim().slice(0, 120)});
+  });
+  // words of table cells that the layout breaks across two lines ("sampli-ng")
+  out.broken = [];
+  art.querySelectorAll('td, th').forEach((cell) => {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      if (n.parentElement.closest('code, mjx-container, .math')) continue;
+      const re = /[A-Za-z]{4,}/g;
+      let m;
+      while ((m = re.exec(n.textContent)) !== null) {
+        const r = document.createRange();
+        r.setStart(n, m.index);
+        r.setEnd(n, m.index + m[0].length);
+        const tops = new Set([...r.getClientRects()].map((q) => Math.round(q.top)));
+        if (tops.size > 1) out.broken.push(m[0]);
+      }
+    }
   });
   return out;
 })()"""
@@ -308,6 +325,11 @@ def test_no_figure_is_shrunk_until_its_text_is_unreadable(desktop):
 def test_no_raw_markup_in_rendered_text_or_tables(desktop):
     raw = [f"{doc}: <{t['tag']}> {t['text']}" for doc, found in desktop.items() for t in found["text"]]
     assert not raw, f"{len(raw)} paragraphs or table cells show raw $, \\ or MyST roles:\n" + "\n".join(raw[:40])
+
+
+def test_no_word_in_a_table_is_broken_across_lines(desktop):
+    broken = [f"{doc}: {w}" for doc, found in desktop.items() for w in found["broken"]]
+    assert not broken, f"{len(broken)} words in table cells are split over two lines:\n" + "\n".join(broken[:40])
 
 
 # Absolute paths of the machine that executed a notebook: a checkout, a worktree, a temporary or home folder.
