@@ -108,7 +108,7 @@ def check_myst_rendered(br, doc: str) -> None:
     cite_key, eq_label = myst_roles(doc)
     myst = "[...document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownCell .myst')]"
     key = json.dumps(cite_key)
-    cite = f"{myst}.some(m => [...m.querySelectorAll('span')].some(s => s.innerText.trim() === {key}))"
+    cite = f"{myst}.some(m => [...m.querySelectorAll('span')].some(s => s.textContent.trim() === {key}))"
     if not br.wait_for(cite, timeout=30):
         shown_text = br.evaluate("document.querySelector('.jp-NotebookPanel .jp-MarkdownCell').innerText")
         raise AssertionError(f"{{cite}}`{cite_key}` is not rendered as a citation (is jupyterlab-myst installed?); "
@@ -119,11 +119,11 @@ def check_myst_rendered(br, doc: str) -> None:
         br.evaluate(f"[...document.querySelectorAll('.jp-NotebookPanel .jp-Cell')][{i}].scrollIntoView()")
         br.pump(1.0)
     link = br.evaluate(f"(() => {{ const a = {myst}.map(m => m.querySelector('a[href=\"#{eq_label}\"]'))"
-                       ".find(a => a); return a ? a.innerText : null; })()")
+                       ".find(a => a); return a ? a.textContent : null; })()")
     assert link and re.fullmatch(r"\(\d+\)", link.strip()), (
         f"{{eq}}`{eq_label}` is not rendered as a numbered equation link: {link!r}"
     )
-    raw = br.evaluate(f"{myst}.filter(m => /\\{{(eq|cite|ref|doc)\\}}`/.test(m.innerText)).length")
+    raw = br.evaluate(f"{myst}.filter(m => /\\{{(eq|cite|ref|doc)\\}}`/.test(m.textContent)).length")
     assert raw == 0, f"{raw} rendered markdown cells still show a raw MyST role"
 
 
