@@ -3,6 +3,8 @@
 #   1. lint (ruff)                       2. strict book build (warnings and broken references fail)
 #   3. one pytest run: flowlib and grading tests, lecture notebooks re-executed by nbval (outputs compared
 #      after tests/nbval_sanitize.cfg), and the built book checked in headless Chromium.
+#   4. nbval once more over the lecture notebooks on PyTorch's generic CPU path (ATEN_CPU_CAPABILITY=default),
+#      so outputs committed on one CPU pass on another.
 # Extra arguments go to pytest (e.g. `scripts/run_tests.sh -k coupling`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +25,17 @@ notebooks=$(git ls-files 'chapters/*.ipynb' 'chapters/**/*.ipynb' 2>/dev/null | 
     --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 \
     -p no:cacheprovider --durations=15 "$@"
 rc=$?
+
+# The committed outputs must not depend on the CPU's vector path: the machine that executed them may have AVX-512,
+# the one running the tests only AVX2 or less. Run the notebooks a second time on PyTorch's generic path.
+# NBVAL_SECOND_PASS=0 skips it (e.g. while iterating on one test).
+if [ "${NBVAL_SECOND_PASS:-1}" != 0 ] && [ -n "$notebooks" ]; then
+    stage "pytest: lecture notebooks again on the generic CPU path (ATEN_CPU_CAPABILITY=default)"
+    ATEN_CPU_CAPABILITY=default .venv/bin/python -m pytest $notebooks \
+        --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 \
+        -p no:cacheprovider -q
+    rc2=$?
+    [ $rc -eq 0 ] && rc=$rc2
+fi
 stage "done"
 exit $rc
