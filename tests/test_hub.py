@@ -10,7 +10,8 @@ reading, listing or overwriting A's submission, the inbound folder, the gradeboo
 instructor's files through the hub's REST and contents API and as B's Unix user.  In headless Chromium, A logs
 in through the form, opens Nbgrader > Assignment List and sees the assignment, then follows the book's launch
 link of a lecture (nbgitpuller, the student repository written by `publish-student` and served by `git daemon`)
-and sees the pulled notebook rendered.  Screenshots go to artifacts/.
+and sees the pulled notebook rendered with MyST (jupyterlab-myst: a {cite} and an {eq} of the lecture render, no raw
+role is left).  Screenshots go to artifacts/.
 """
 
 from __future__ import annotations
