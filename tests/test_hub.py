@@ -10,7 +10,8 @@ reading, listing or overwriting A's submission, the inbound folder, the gradeboo
 instructor's files through the hub's REST and contents API and as B's Unix user.  In headless Chromium, A logs
 in through the form, opens Nbgrader > Assignment List and sees the assignment, then follows the book's launch
 link of a lecture (nbgitpuller, the student repository written by `publish-student` and served by `git daemon`)
-and sees the pulled notebook rendered.  Screenshots go to artifacts/.
+and sees the pulled notebook rendered with MyST (jupyterlab-myst: a {cite} and an {eq} of the lecture render, no raw
+role is left).  Screenshots go to artifacts/.
 """
 
 from __future__ import annotations
@@ -87,6 +88,44 @@ def first_heading(doc: str) -> str:
             if c["cell_type"] == "markdown" and line.startswith("# "):
                 return line[2:].split(":")[0].strip()
     raise AssertionError(f"{doc}: no heading")
+
+
+def myst_roles(doc: str) -> tuple[str, str]:
+    """The first ``{cite}`` key of a lecture notebook, and the first ``{eq}`` label it refers to that one of its
+    own equations defines (``$$ ... $$ (label)``), so that the reference can be resolved on that page."""
+    with open(os.path.join(REPO, doc + ".ipynb"), encoding="utf-8") as fh:
+        text = "\n".join("".join(c["source"]) for c in json.load(fh)["cells"] if c["cell_type"] == "markdown")
+    cites = re.findall(r"\{cite\}`([^`,]+)`", text)
+    defined = set(re.findall(r"\$\$ \(([\w-]+)\)", text))
+    eqs = [e for e in re.findall(r"\{eq\}`([\w-]+)`", text) if e in defined]
+    assert cites and eqs, f"{doc}: needs a {{cite}} and an {{eq}} to one of its own equations"
+    return cites[0], eqs[0]
+
+
+def check_myst_rendered(br, doc: str) -> None:
+    """In the JupyterLab page that shows lecture ``doc``, the lecture's first ``{cite}`` renders as a citation
+    (jupyterlab-myst shows its key in a span; plain JupyterLab shows the role's source text) and its first ``{eq}``
+    to one of its own equations renders as a link with the equation's number; no rendered cell shows a raw role."""
+    cite_key, eq_label = myst_roles(doc)
+    myst = "[...document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownCell .myst')]"
+    key = json.dumps(cite_key)
+    cite = f"{myst}.some(m => [...m.querySelectorAll('span')].some(s => s.textContent.trim() === {key}))"
+    if not br.wait_for(cite, timeout=30):
+        shown_text = br.evaluate("document.querySelector('.jp-NotebookPanel .jp-MarkdownCell').innerText")
+        raise AssertionError(f"{{cite}}`{cite_key}` is not rendered as a citation (is jupyterlab-myst installed?); "
+                             f"the first markdown cell shows: {shown_text[:600]!r}")
+    for i in range(12):  # the notebook renders cells as they scroll into view
+        if br.evaluate(f"{myst}.some(m => !!m.querySelector('a[href=\"#{eq_label}\"]'))"):
+            break
+        br.evaluate(f"[...document.querySelectorAll('.jp-NotebookPanel .jp-Cell')][{i}].scrollIntoView()")
+        br.pump(1.0)
+    link = br.evaluate(f"(() => {{ const a = {myst}.map(m => m.querySelector('a[href=\"#{eq_label}\"]'))"
+                       ".find(a => a); return a ? a.textContent : null; })()")
+    assert link and re.fullmatch(r"\(\d+\)", link.strip()), (
+        f"{{eq}}`{eq_label}` is not rendered as a numbered equation link: {link!r}"
+    )
+    raw = br.evaluate(f"{myst}.filter(m => /\\{{(eq|cite|ref|doc)\\}}`/.test(m.textContent)).length")
+    assert raw == 0, f"{raw} rendered markdown cells still show a raw MyST role"
 
 
 def _by_text(selector: str, text: str) -> str:
@@ -482,10 +521,13 @@ def test_course_on_a_real_hub(hub, monkeypatch, request):
         assert os.stat(pulled).st_uid == int(subprocess.check_output(["id", "-u", a]))
         title = json.dumps(first_heading(LECTURE))
         shown = br.wait_for(
-            "[...document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownOutput h1')]"
+            "[...document.querySelectorAll('.jp-NotebookPanel .jp-MarkdownCell h1')]"
             f".some(h => h.innerText.includes({title}))", timeout=60,
         )
         assert shown, "the pulled lecture notebook was not rendered in JupyterLab"
+        # MyST in the students' JupyterLab (jupyterlab-myst): {cite} and {eq} render, not their source text
+        check_myst_rendered(br, LECTURE)
+        br.screenshot(os.path.join(artifacts, "hub_lecture_myst.png"))
         # students are not asked about Jupyter's news feed (the hub may have no internet; page_config.json)
         assert not br.evaluate("document.body.innerText.includes('notified about official Jupyter news')")
         br.screenshot(os.path.join(artifacts, "hub_launch_link.png"))
