@@ -7,7 +7,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 ENV_STAMP := .venv/.setup-stamp
 
-.PHONY: help env system book book-strict test test-unit test-notebooks test-book test-grading lint \
+.PHONY: help env system book book-strict pdf test test-unit test-notebooks test-book test-grading lint \
         refresh student-versions lock bench bench-grading train-ch06 release collect autograde feedback grades clean
 
 help:            ## list the targets
@@ -21,6 +21,9 @@ system: env      ## also install the Debian tools the tests use (chromium, bubbl
 
 book: env        ## build the HTML book into _build/html (strict: warnings and broken refs fail)
 	@scripts/build_book.sh
+
+pdf: system      ## the book as one PDF: _build/pdf/dgm-flows.pdf (single-page build printed by Chromium; about 3 min)
+	@scripts/build_pdf.sh
 
 test: system     ## run every test: lint, library, grading pipeline, notebooks (nbval), book build + browser checks
 	@scripts/run_tests.sh
