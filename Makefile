@@ -16,7 +16,7 @@ help:            ## list the targets
 env:             ## create/refresh .venv from requirements/lock.txt and MathJax from package-lock.json
 	@scripts/setup_env.sh
 
-system: env      ## also install the Debian tools the tests use (chromium, bubblewrap, postgresql)
+system: env      ## also install the Debian tools the tests use (chromium, bubblewrap, postgresql, poppler-utils)
 	@scripts/setup_env.sh --system
 
 book: env        ## build the HTML book into _build/html (strict: warnings and broken refs fail)

@@ -5,15 +5,19 @@ served on loopback. Output: ``_build/pdf/dgm-flows.pdf``. Offline: the page, Mat
 figures all come from the build folder; Chromium is Debian's ``chromium``, driven over the DevTools protocol
 by ``tests/browser.py`` (the same driver as the browser tests).
 
-Steps, in the page before printing (``PREPARE_JS``): wait until MathJax has typeset every equation (the build
-fails when one is left as TeX or MathJax reports an error) and every figure has loaded; replace each
-animation by a strip of four of its frames; add a title page; mark the printed table of contents. Then:
+Steps, in the page before printing (``PREPARE_JS``): wait until MathJax has typeset every equation (nothing is
+printed when one is left as TeX, MathJax reports an error, a figure did not load or the page asked for anything
+outside the build) and every figure has loaded; replace each animation by a strip of four of its frames; add a
+title page and the landing page to the printed table of contents (the theme's); start every page of the book on
+a new sheet. The page is laid out for print (``_static/print.css``, A4) before MathJax and the fonts settle. Then:
 
-1. print once (A4, ``_static/print.css`` lays the page out for paper) and read, from the PDF, the page on which
-   every chapter and section starts (Chromium writes a named destination for every link target);
-2. write those page numbers into the table of contents and print again (the contents keep their size, so the
-   numbers stay right; the script checks this);
-3. add PDF bookmarks (chapters, their lectures and assignment, the course pages) with ``pypdf``.
+1. print the whole book once, with "000" in the contents where the page numbers go, and read from that PDF the
+   page on which every chapter and section starts (Chromium writes a named destination for every link target);
+2. print the title page and the contents alone, now with those numbers (seconds, the rest is hidden), and put
+   their text on the first pages of the book (``assemble``; the numbers take the same room as "000", so the
+   contents keep their length and links, which is checked);
+3. add PDF bookmarks (the landing page, chapters with their lectures and assignment, the course pages) with
+   ``pypdf``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -32,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.browser import Browser, find_chromium, serve_directory  # noqa: E402
+
+# pypdf warns that Chromium's trailer under-counts the objects; the file reads correctly (poppler agrees).
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 SITE = ROOT / "_build" / "singlehtml"
 PDF = ROOT / "_build" / "pdf" / "dgm-flows.pdf"
@@ -86,6 +94,13 @@ PREPARE_JS = r"""(async (meta) => {
   });
   await Promise.all([...document.querySelectorAll('.print-animation-strip img')].map(im => im.decode()));
 
+  // Every page of the book starts with an empty <span id="document-..."> before its section: move it into the
+  // section, so that a link to it (the contents, the bookmarks) lands on the page where the section starts.
+  document.querySelectorAll('span[id^="document-"]').forEach(span => {
+    const next = span.nextElementSibling;
+    if (next && next.tagName === 'SECTION') { next.prepend(span); next.classList.add('print-document'); }
+  });
+
   // Title page, before the theme's printed table of contents.
   const body = document.querySelector('#jb-print-docs-body');
   report.print_toc = !!document.querySelector('#jb-print-toc');
@@ -107,7 +122,7 @@ PREPARE_JS = r"""(async (meta) => {
   const nav = document.querySelector('#jb-print-toc nav');
   if (landing && nav) {
     const ul = document.createElement('ul');
-    ul.className = 'nav section-nav';
+    ul.className = 'nav section-nav flex-column';
     const li = document.createElement('li');
     li.className = 'toctree-l1';
     const a = document.createElement('a');
@@ -127,7 +142,7 @@ PREPARE_JS = r"""(async (meta) => {
     report.toc_entries.push({id: decodeURIComponent(a.getAttribute('href').slice(1)), title: a.textContent.trim(),
                              level: li && li.classList.contains('toctree-l1') ? 1 : 2});
   });
-  report.print_css = [...document.styleSheets].some(s => (s.href || '').endsWith('/print.css'));
+  report.print_css = [...document.styleSheets].some(s => s.href && new URL(s.href).pathname.endsWith('/print.css'));
   // The landing page's link to this PDF means nothing inside it.
   document.querySelectorAll('a.book-pdf-link').forEach(a => a.replaceWith(...a.childNodes));
   document.documentElement.classList.add('printing-book');
@@ -149,7 +164,8 @@ PAGE_WIDTH_PX = round((210 - 32) / 25.4 * 96)
 # The second print: the title page and the contents only (the book's text is hidden, so it is fast).
 CONTENTS_ONLY_JS = """(() => {
   const style = document.createElement('style');
-  style.textContent = 'article.bd-article { display: none !important; }';
+  style.textContent = 'article.bd-article { display: none !important; } '
+    + 'html.printing-book #jb-print-docs-body { break-after: auto !important; }';
   document.head.appendChild(style);
 })()"""
 
@@ -210,16 +226,16 @@ def assemble(book: Path, contents: Path, front: int, entries: list[dict], pages:
         target = writer.pages[i]
         for key in ("/Contents", "/Resources"):
             target[NameObject(key)] = page.raw_get(key).clone(writer)
-    writer.add_outline_item("Contents", 1)  # the page after the title page
+    writer.add_outline_item(title="Contents", page_number=1)  # the page after the title page
     parent, count = None, 0
     for e in entries:
         page = pages.get(e["id"])
         if page is None:
             continue
         if e["level"] == 1:
-            parent = writer.add_outline_item(e["title"], page - 1)
+            parent = writer.add_outline_item(title=e["title"], page_number=page - 1)
         else:
-            writer.add_outline_item(e["title"], page - 1, parent=parent)
+            writer.add_outline_item(title=e["title"], page_number=page - 1, parent=parent)
         count += 1
     if count != len(entries):
         raise ValueError(f"only {count} of {len(entries)} contents entries have a page for their bookmark")
@@ -299,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         timings["chromium CPU"] = browser.cpu_seconds()
     # 3. Those pages replace the first pages of the book; then the bookmarks.
     t = time.time()
-    front = min(pages.values()) - 1  # the title page and the contents come before the first entry
+    front = min(pages[e["id"]] for e in report["toc_entries"]) - 1  # title page and contents: before the first entry
     try:
         marks = assemble(book, contents, front, report["toc_entries"], pages, args.out)
     except ValueError as e:

@@ -11,7 +11,7 @@ cp -r node_modules/mathjax/es5 _build/assets/mathjax
 if [ -f _build/pdf/dgm-flows.pdf ]; then
     cp _build/pdf/dgm-flows.pdf _build/assets/dgm-flows.pdf
 else
-    echo "[book] no _build/pdf/dgm-flows.pdf: the landing page's PDF link works after \`make pdf\`"
+    echo "[book] no _build/pdf/dgm-flows.pdf: the landing page's PDF link is dead until \`make pdf\` (course repository)"
 fi
 start=$(date +%s)
 .venv/bin/jupyter-book build . --all -W -n --keep-going --builder html "$@"
