@@ -22,7 +22,7 @@ system: env      ## also install the Debian tools the tests use (chromium, bubbl
 book: env        ## build the HTML book into _build/html (strict: warnings and broken refs fail)
 	@scripts/build_book.sh
 
-pdf: system      ## the book as one PDF: _build/pdf/dgm-flows.pdf (single-page build printed by Chromium; about 3 min)
+pdf: system      ## the book as one PDF: _build/pdf/dgm-flows.pdf (single-page build printed by Chromium; 2-4 min)
 	@scripts/build_pdf.sh
 
 test: system     ## run every test: lint, library, grading pipeline, notebooks (nbval), book build + browser checks

@@ -4,7 +4,8 @@ What a reader of the PDF relies on: every chapter, lecture and assignment in the
 bookmark and its page number in the printed contents; equations typeset (no raw TeX) and numbered as in the HTML
 book; every figure of the lecture notebooks embedded at its own resolution; the landing page links the PDF.
 A rendered page (the first page of the change-of-variables lecture) is written to artifacts/pdf_change_of_variables.png.
-Cost: about 10 s on 2 cores (poppler's pdftotext, pdfimages and pdftoppm, and pypdf for the bookmarks).
+Cost: about 15 s on the loaded 2-core machine (poppler's pdftotext, pdfimages and pdftoppm, and pypdf for the
+bookmarks); building the PDF (scripts/build_pdf.sh, run by the test command before pytest) about 2-4 min.
 """
 
 from __future__ import annotations
