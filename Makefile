@@ -7,7 +7,7 @@ PY    := .venv/bin/python
 BIN   := .venv/bin
 ENV_STAMP := .venv/.setup-stamp
 
-.PHONY: help env system book book-strict test test-unit test-notebooks test-book test-grading lint \
+.PHONY: help env system book book-strict pdf test test-unit test-notebooks test-book test-grading lint \
         refresh student-versions lock bench bench-grading train-ch06 release collect autograde feedback grades clean
 
 help:            ## list the targets
@@ -16,11 +16,14 @@ help:            ## list the targets
 env:             ## create/refresh .venv from requirements/lock.txt and MathJax from package-lock.json
 	@scripts/setup_env.sh
 
-system: env      ## also install the Debian tools the tests use (chromium, bubblewrap, postgresql)
+system: env      ## also install the Debian tools the tests use (chromium, bubblewrap, postgresql, poppler-utils)
 	@scripts/setup_env.sh --system
 
 book: env        ## build the HTML book into _build/html (strict: warnings and broken refs fail)
 	@scripts/build_book.sh
+
+pdf: system      ## the book as one PDF: _build/pdf/dgm-flows.pdf (single-page build printed by Chromium; 2-4 min)
+	@scripts/build_pdf.sh
 
 test: system     ## run every test: lint, library, grading pipeline, notebooks (nbval), book build + browser checks
 	@scripts/run_tests.sh

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` and CI run it (the environment must exist: `make system`).
 #   1. lint (ruff)                       2. strict book build (warnings and broken references fail)
-#   3. one pytest run: flowlib and grading tests, lecture notebooks re-executed by nbval (outputs compared
-#      after tests/nbval_sanitize.cfg), and the built book checked in headless Chromium.
-#   4. nbval once more over the lecture notebooks on PyTorch's generic CPU path (ATEN_CPU_CAPABILITY=default),
+#   3. the book as one PDF (scripts/build_pdf.sh; a failure is reported and tests/test_pdf.py fails on it)
+#   4. one pytest run: flowlib and grading tests, lecture notebooks re-executed by nbval (outputs compared
+#      after tests/nbval_sanitize.cfg), the built book checked in headless Chromium, and the PDF checked.
+#   5. nbval once more over the lecture notebooks on PyTorch's generic CPU path (ATEN_CPU_CAPABILITY=default),
 #      so outputs committed on one CPU pass on another.
 # Extra arguments go to pytest (e.g. `scripts/run_tests.sh -k coupling`).
 set -uo pipefail
@@ -19,7 +20,14 @@ stage "book: strict build"
 scripts/build_book.sh > _build_log.txt 2>&1 || { tail -40 _build_log.txt; echo "the book build failed (full log: _build_log.txt)"; exit 1; }
 tail -1 _build_log.txt; rm -f _build_log.txt
 
-stage "pytest: library, grading, notebooks (nbval), book in a browser"
+stage "pdf: the book as one PDF"
+if scripts/build_pdf.sh > _build_pdf_log.txt 2>&1; then
+    tail -1 _build_pdf_log.txt; rm -f _build_pdf_log.txt
+else
+    tail -30 _build_pdf_log.txt; echo "the PDF build failed (full log: _build_pdf_log.txt); tests/test_pdf.py will fail"
+fi
+
+stage "pytest: library, grading, notebooks (nbval), book in a browser, the PDF"
 notebooks=$(git ls-files 'chapters/*.ipynb' 'chapters/**/*.ipynb' 2>/dev/null | sort -u)
 .venv/bin/python -m pytest tests $notebooks \
     --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 \

@@ -3,7 +3,8 @@
 # unchanged lock file takes about a second.
 #
 #   scripts/setup_env.sh            Python venv (.venv) + MathJax assets   (enough to build the book)
-#   scripts/setup_env.sh --system   also the Debian tools the tests need: chromium, bubblewrap, postgresql
+#   scripts/setup_env.sh --system   also the Debian tools the tests need: chromium, bubblewrap, postgresql,
+#                                   poppler-utils (pdftotext, pdfimages, pdftoppm: the checks of the PDF book)
 #
 # Everything comes from the package registries at setup time; nothing is downloaded at build or run time.
 set -euo pipefail
@@ -49,6 +50,7 @@ if [ "$want_system" = 1 ]; then
     missing=()
     command -v chromium >/dev/null || missing+=(chromium)
     command -v bwrap >/dev/null || missing+=(bubblewrap)
+    { command -v pdftotext >/dev/null && command -v pdfimages >/dev/null; } || missing+=(poppler-utils)
     { command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; } || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ]; then

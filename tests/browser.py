@@ -194,6 +194,38 @@ class Browser:
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
         return True
 
+    def print_pdf(self, path: str, **options) -> str:
+        """Print the current page to a PDF file with Chromium's own print engine (``Page.printToPDF``; the
+        options are its parameters, e.g. ``displayHeaderFooter``, ``footerTemplate``,
+        ``generateDocumentOutline``). The PDF comes back as a stream, read in chunks, so a book of any size
+        fits in the DevTools messages."""
+        handle = self.call("Page.printToPDF", transferMode="ReturnAsStream", **options)["stream"]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "wb") as f:
+            while True:
+                chunk = self.call("IO.read", handle=handle, size=1 << 20)
+                f.write(base64.b64decode(chunk["data"]) if chunk.get("base64Encoded") else chunk["data"].encode())
+                if chunk.get("eof"):
+                    break
+        self.call("IO.close", handle=handle)
+        return path
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by Chromium and all its processes (Linux /proc)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self._proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return float("nan")
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        return total
+
     def screenshot(self, path: str):
         data = self.call("Page.captureScreenshot", format="png")["data"]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
