@@ -136,19 +136,12 @@ def _skeleton(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9\\$]", "", text)
 
 
-# Known raw TeX in the sources, in the HTML book too. chapters/05_normalizing_flows/02_linear_autoregressive.ipynb,
-# the table of linear flows: the LU row's cell "$\log|\det| = ...$" is cut at the first "|" (a Markdown table
-# ends the cell there), so the book shows "so $\log" and drops the rest of the cell. Fix in the notebook with
-# \lvert \det \rvert (or \vert), then delete this entry.
-KNOWN_RAW_TEX = {"diagonal), so $\\log"}
-
-
 def raw_tex_outside_code(text: str, code: str) -> list[str]:
     """Lines of ``text`` holding raw TeX that is not part of the book's code (see RAW_TEX); ``code`` is the
     skeleton of the book's code (see _skeleton)."""
     bad = []
     for line in text.splitlines():
-        if RAW_TEX.search(line) and _skeleton(line) not in code and line.strip() not in KNOWN_RAW_TEX:
+        if RAW_TEX.search(line) and _skeleton(line) not in code:
             bad.append(line.strip()[:120])
     return bad
 
