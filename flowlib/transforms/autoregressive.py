@@ -118,8 +118,72 @@ class MADE(nn.Module):
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).reshape(x.shape[0], self.out_per_dim, self.dim)
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """One pass, ``(batch, out_per_dim, dim)``. Two internal options of MAF's and IAF's no-grad paths:
+
+        * ``out_scale`` (shape ``(out_per_dim,)``): parameter ``k`` of every coordinate multiplied by
+          ``out_scale[k]``, folded into the last layer's weights (so that a bound ``B tanh(r / B)`` needs no
+          division of the outputs);
+        * ``cache`` (from ``sequential_cache``): one pass of a sequential inversion. ``x`` is the current
+          estimate, of which only the coordinate fixed by the previous pass is read (a rank-1 update of the
+          first layer's pre-activation instead of a matrix product), and only the ``out_per_dim`` outputs of
+          the next coordinate in the ordering are computed: shape ``(batch, out_per_dim)``.
+        """
+        if cache is not None:
+            return cache.step(x)
+        if torch.is_grad_enabled() and out_scale is None:
+            return self.net(x).reshape(x.shape[0], self.out_per_dim, self.dim)
+        *hidden, (w, b) = self.masked_params()
+        for wh, bh in hidden:  # no autograd: ReLU in place
+            x = F.linear(x, wh, bh).relu_()
+        if out_scale is not None:
+            w = (w.view(self.out_per_dim, self.dim, -1) * out_scale[:, None, None]).view_as(w)
+            b = (b.view(self.out_per_dim, self.dim) * out_scale[:, None]).view_as(b)
+        return F.linear(x, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
+
+    def masked_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(W * M, b), ...]`` of every layer, masks applied once (``F.linear(h, W * M, b)`` is exactly what
+        ``MaskedLinear`` computes)."""
+        return [(m.weight * m.mask, m.bias) for m in self.net if isinstance(m, MaskedLinear)]
+
+    def sequential_cache(self, batch: int, out_scale: torch.Tensor | None = None) -> _SequentialCache:
+        """State for ``dim`` calls ``self(x, cache=...)`` that invert an autoregressive layer without autograd."""
+        return _SequentialCache(self, batch, out_scale)
+
+
+class _SequentialCache:
+    """What ``dim`` sequential MADE passes share (see ``MADE.forward``): the masked weights, the last layer's
+    rows grouped by coordinate, and the first hidden layer's pre-activation, updated one coordinate per pass.
+
+    The first coordinate of the ordering depends on no input, so its pass is computed for one row and broadcast.
+    """
+
+    def __init__(self, made: MADE, batch: int, out_scale):
+        (self.w1, self.b1), *self.rest, (w, b) = made.masked_params()
+        p, d = made.out_per_dim, made.dim
+        w, b = w.view(p, d, -1), b.view(p, d)
+        if out_scale is not None:
+            w, b = w * out_scale[:, None, None], b * out_scale[:, None]
+        self.w_out, self.b_out = w.transpose(0, 1), b.t()  # (d, p, H), (d, p): the rows of coordinate i
+        self.order = torch.argsort(made.order).tolist()  # coordinates in their autoregressive order
+        self.batch, self.k, self.pre = batch, 0, None
+
+    def step(self, x):
+        k, order = self.k, self.order
+        if k == 0:  # nothing is known yet: every row has the same pre-activation, b1
+            a = self.b1.relu()[None]
+        else:
+            prev = order[k - 1]
+            if self.pre is None:
+                self.pre = torch.addr(self.b1.expand(x.shape[0], -1), x[:, prev], self.w1[:, prev])
+            else:
+                self.pre.addr_(x[:, prev], self.w1[:, prev])
+            a = self.pre.relu()
+        for w, b in self.rest:
+            a = F.linear(a, w, b).relu_()
+        i = order[k]
+        self.k += 1
+        return F.linear(a, self.w_out[i], self.b_out[i])
 
 
 class MAF(Transform):
@@ -176,22 +240,51 @@ class MAF(Transform):
             s = self.scale_bound * torch.tanh(s / self.scale_bound)
         return t, s
 
-    def _normalize_one_pass(self, x):
-        t, s = self._shift_logscale(x)
-        return x * torch.exp(s) + t, s.sum(dim=1)
+    def _one_pass(self, h):
+        """``(h * exp(s(h)) + t(h), sum_i s_i(h))``: one MADE pass (MAF's map, IAF's inverse)."""
+        if torch.is_grad_enabled():
+            t, s = self._shift_logscale(h)
+            return h * torch.exp(s) + t, s.sum(dim=1)
+        # no autograd: the same arithmetic in fewer kernels, in place, with 1/B folded into the last layer
+        t, u = self.made(h, out_scale=self._out_scale(h)).unbind(1)
+        s = self._bound_(u)
+        logdet = s.sum(dim=1)
+        return torch.addcmul(t, h, s.exp_()), logdet
 
-    def _generate_sequential(self, z):
-        x = torch.zeros_like(z)
-        for _ in range(self.made.dim):  # after pass k the first k coordinates (in the ordering) are exact
-            t, s = self._shift_logscale(x)
-            x = (z - t) * torch.exp(-s)
-        return x, -s.sum(dim=1)
+    def _sequential(self, y):
+        """``out`` with ``out_i = (y_i - t_i(out_<i)) * exp(-s_i(out_<i))`` and ``-sum_i s_i``: ``d`` passes
+        (MAF's inverse, IAF's map). Pass ``k`` fixes the ``k``-th coordinate of the ordering."""
+        out = torch.zeros_like(y)
+        if torch.is_grad_enabled():
+            for _ in range(self.made.dim):  # after pass k the first k coordinates (in the ordering) are exact
+                t, s = self._shift_logscale(out)
+                out = (y - t) * torch.exp(-s)
+            return out, -s.sum(dim=1)
+        # no autograd: each pass computes only the coordinate it fixes (see MADE.forward's cache)
+        cache = self.made.sequential_cache(y.shape[0], self._out_scale(y))
+        logdet = y.new_zeros(y.shape[0])
+        for i in cache.order:
+            t, u = self.made(out, cache=cache).unbind(1)
+            s = self._bound_(u)
+            out[:, i] = (y[:, i] - t) * torch.exp(-s)
+            logdet = logdet - s
+        return out, logdet
+
+    def _out_scale(self, like):
+        """``(1, 1 / B)``: the no-grad paths fold the division of ``s = B tanh(r / B)`` into the weights."""
+        if self.scale_bound is None:
+            return None
+        return like.new_tensor([1.0, 1.0 / self.scale_bound])
+
+    def _bound_(self, u):
+        """In place: ``u = r / B`` -> ``s = B tanh(u)`` (``u`` is ``r`` itself when there is no bound)."""
+        return u if self.scale_bound is None else u.tanh_().mul_(self.scale_bound)
 
     def _forward(self, x):
-        return self._normalize_one_pass(x)
+        return self._one_pass(x)
 
     def _inverse(self, z):
-        return self._generate_sequential(z)
+        return self._sequential(z)
 
 
 class IAF(MAF):
@@ -210,15 +303,10 @@ class IAF(MAF):
     """
 
     def _forward(self, x):
-        z = torch.zeros_like(x)
-        for _ in range(self.made.dim):
-            mu, alpha = self._shift_logscale(z)
-            z = (x - mu) * torch.exp(-alpha)
-        return z, -alpha.sum(dim=1)
+        return self._sequential(x)
 
     def _inverse(self, z):
-        mu, alpha = self._shift_logscale(z)
-        return z * torch.exp(alpha) + mu, alpha.sum(dim=1)
+        return self._one_pass(z)
 
 
 def _stack(layer_cls, dim, num_layers, hidden, scale_bound, permutation, seed):
