@@ -904,6 +904,7 @@ def main(argv=None):
     p.add_argument("--speed-threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--speed-rounds", type=int, default=7)
     p.add_argument("--speed-steps", type=int, default=10, help="training steps per library per speed round")
+    p.add_argument("--skip-rows", nargs="*", default=[], help="likelihood rows left out, e.g. digits-std/realnvp")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-likelihood", action="store_true")
     p.add_argument("--from-json", nargs="+", default=[],
@@ -930,28 +931,31 @@ def main(argv=None):
         return profile(args, log)
     speed_res, results, sources, reference, load, raw = {}, {}, {}, {}, {}, {}
     commands = {}
-    for path in args.from_json:
-        if path.endswith(".jsonl"):  # the cells of a likelihood run, also of an unfinished one
-            cells = {}
+    jsonl = [path for path in args.from_json if path.endswith(".jsonl")]
+    if jsonl:  # the cells of likelihood runs (also unfinished ones, also several runs with other seeds)
+        cells = {}
+        for path in jsonl:
             with open(path) as fh:
                 for line in fh:
                     c = json.loads(line)
-                    cells[tuple(c["cell"])] = c["res"]
-            seeds = sorted({sd for (_, _, sd) in cells})
-            full = [sd for sd in seeds if all((d, a, sd) in cells for d in args.datasets for a in args.archs)]
-            loads = [x for r in cells.values() for x in r.get("_load", [])]
-            if loads:
-                load["likelihood"] = (f"{statistics.fmean(loads):.1f} on average over the cells, "
-                                      f"{max(loads):.1f} at most")
-            args.seeds = full  # seeds finished on every row
-            saved = {"likelihood": {f"{d}/{a}": [cells[(d, a, sd)] for sd in full]
-                                    for d in args.datasets for a in args.archs}}
-            for d in args.datasets:
-                task = make_task(d, argparse.Namespace(**{**vars(args), "steps": 1}), full[0])
-                sources[d] = f"{d}: {task['source']}, train/val/test {task['sizes']}"
-                reference[d] = task["reference"]
-        else:
-            saved = _load_json(path)
+                    cells.setdefault(tuple(c["cell"]), c["res"])
+        loads = [x for r in cells.values() for x in r.get("_load", [])]
+        if loads:
+            load["likelihood"] = f"{statistics.fmean(loads):.1f} on average over the cells, {max(loads):.1f} at most"
+        args.seeds = sorted({sd for (_, _, sd) in cells})
+        for d in args.datasets:
+            for a in args.archs:
+                per_seed = [cells[(d, a, sd)] for sd in args.seeds if (d, a, sd) in cells]
+                if per_seed:
+                    results[(d, a)] = aggregate(per_seed, args.libs)
+                    raw.setdefault("likelihood", {})[f"{d}/{a}"] = per_seed
+            task = make_task(d, argparse.Namespace(**{**vars(args), "steps": 1}), args.seeds[0])
+            sources[d] = f"{d}: {task['source']}, train/val/test {task['sizes']}"
+            reference[d] = task["reference"]
+    for path in args.from_json:
+        if path in jsonl:
+            continue
+        saved = _load_json(path)
         for k, v in saved.get("args", {}).items():  # the protocol of the saved part, for the report
             setattr(args, k, v)
         commands.update(saved.get("commands", {}))
@@ -977,7 +981,8 @@ def main(argv=None):
     if not args.skip_likelihood and not args.from_json:
         l0 = os.getloadavg()[0]
         # seed-major: an interrupted run (see ``--json``: PATH.cells.jsonl) has whole seeds for every row
-        cells = [(d, a, s) for s in args.seeds for d in args.datasets for a in args.archs]
+        cells = [(d, a, s) for s in args.seeds for d in args.datasets for a in args.archs
+                 if f"{d}/{a}" not in args.skip_rows]
         if args.jobs > 1:
             import concurrent.futures
             import multiprocessing
@@ -999,13 +1004,16 @@ def main(argv=None):
             for arch in args.archs:
                 per_seed = []
                 for seed in args.seeds:
+                    if (dataset, arch, seed) not in done:  # --skip-rows
+                        continue
                     res, source, ref = done[(dataset, arch, seed)]
                     sources[dataset] = source
                     if seed == args.seeds[0]:
                         reference[dataset] = ref
                     per_seed.append(res)
-                results[(dataset, arch)] = aggregate(per_seed, args.libs)
-                raw["likelihood"][f"{dataset}/{arch}"] = per_seed
+                if per_seed:
+                    results[(dataset, arch)] = aggregate(per_seed, args.libs)
+                    raw["likelihood"][f"{dataset}/{arch}"] = per_seed
         load["likelihood"] = f"{l0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     command = " ".join([".venv-bench/bin/python", "benchmarks/flows.py", *map(shlex.quote, sys.argv[1:])])
     if not args.from_json:

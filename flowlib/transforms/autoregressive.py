@@ -118,12 +118,13 @@ class MADE(nn.Module):
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale=None, cache=None):
         """One pass, ``(batch, out_per_dim, dim)``. Two internal options of MAF's and IAF's no-grad paths:
 
-        * ``out_scale`` (shape ``(out_per_dim,)``): parameter ``k`` of every coordinate multiplied by
-          ``out_scale[k]``, folded into the last layer's weights (so that a bound ``B tanh(r / B)`` needs no
-          division of the outputs);
+        * ``out_scale`` (shape ``(out_per_dim,)``): returns the ``out_per_dim`` parameters as separate, contiguous
+          ``(batch, dim)`` tensors (elementwise kernels on them vectorise, unlike on strided views), parameter
+          ``k`` multiplied by ``out_scale[k]``, folded into the last layer's weights (so that a bound
+          ``B tanh(r / B)`` needs no division of the outputs);
         * ``cache`` (from ``sequential_cache``): one pass of a sequential inversion. ``x`` is the current
           estimate, of which only the coordinate fixed by the previous pass is read (a rank-1 update of the
           first layer's pre-activation instead of a matrix product), and only the ``out_per_dim`` outputs of
@@ -136,17 +137,17 @@ class MADE(nn.Module):
         *hidden, (w, b) = self.masked_params()
         for wh, bh in hidden:  # no autograd: ReLU in place
             x = F.linear(x, wh, bh).relu_()
-        if out_scale is not None:
-            w = (w.view(self.out_per_dim, self.dim, -1) * out_scale[:, None, None]).view_as(w)
-            b = (b.view(self.out_per_dim, self.dim) * out_scale[:, None]).view_as(b)
-        return F.linear(x, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
+        if out_scale is None:
+            return F.linear(x, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
+        d = self.dim
+        return [F.linear(x, w[k * d : (k + 1) * d] * c, b[k * d : (k + 1) * d] * c) for k, c in enumerate(out_scale)]
 
     def masked_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(W * M, b), ...]`` of every layer, masks applied once (``F.linear(h, W * M, b)`` is exactly what
         ``MaskedLinear`` computes)."""
         return [(m.weight * m.mask, m.bias) for m in self.net if isinstance(m, MaskedLinear)]
 
-    def sequential_cache(self, batch: int, out_scale: torch.Tensor | None = None) -> _SequentialCache:
+    def sequential_cache(self, batch: int, out_scale=None) -> _SequentialCache:
         """State for ``dim`` calls ``self(x, cache=...)`` that invert an autoregressive layer without autograd."""
         return _SequentialCache(self, batch, out_scale)
 
@@ -163,7 +164,7 @@ class _SequentialCache:
         p, d = made.out_per_dim, made.dim
         w, b = w.view(p, d, -1), b.view(p, d)
         if out_scale is not None:
-            w, b = w * out_scale[:, None, None], b * out_scale[:, None]
+            w, b = w * w.new_tensor(out_scale)[:, None, None], b * b.new_tensor(out_scale)[:, None]
         self.w_out, self.b_out = w.transpose(0, 1), b.t()  # (d, p, H), (d, p): the rows of coordinate i
         self.order = torch.argsort(made.order).tolist()  # coordinates in their autoregressive order
         self.batch, self.k, self.pre = batch, 0, None
@@ -246,7 +247,7 @@ class MAF(Transform):
             t, s = self._shift_logscale(h)
             return h * torch.exp(s) + t, s.sum(dim=1)
         # no autograd: the same arithmetic in fewer kernels, in place, with 1/B folded into the last layer
-        t, u = self.made(h, out_scale=self._out_scale(h)).unbind(1)
+        t, u = self.made(h, out_scale=self._out_scale())
         s = self._bound_(u)
         logdet = s.sum(dim=1)
         return torch.addcmul(t, h, s.exp_()), logdet
@@ -261,7 +262,7 @@ class MAF(Transform):
                 out = (y - t) * torch.exp(-s)
             return out, -s.sum(dim=1)
         # no autograd: each pass computes only the coordinate it fixes (see MADE.forward's cache)
-        cache = self.made.sequential_cache(y.shape[0], self._out_scale(y))
+        cache = self.made.sequential_cache(y.shape[0], self._out_scale())
         logdet = y.new_zeros(y.shape[0])
         for i in cache.order:
             t, u = self.made(out, cache=cache).unbind(1)
@@ -270,11 +271,9 @@ class MAF(Transform):
             logdet = logdet - s
         return out, logdet
 
-    def _out_scale(self, like):
+    def _out_scale(self):
         """``(1, 1 / B)``: the no-grad paths fold the division of ``s = B tanh(r / B)`` into the weights."""
-        if self.scale_bound is None:
-            return None
-        return like.new_tensor([1.0, 1.0 / self.scale_bound])
+        return (1.0, 1.0 if self.scale_bound is None else 1.0 / self.scale_bound)
 
     def _bound_(self, u):
         """In place: ``u = r / B`` -> ``s = B tanh(u)`` (``u`` is ``r`` itself when there is no bound)."""
