@@ -57,3 +57,42 @@ def test_realnvp_log_prob_and_sample_same_with_and_without_grad():
     s = flow.sample(5)
     assert torch.allclose(lp.detach(), lp_fast, rtol=0, atol=1e-12)
     assert torch.allclose(s.detach(), s_fast, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("builder", ["realnvp", "maf", "iaf"])
+def test_blocked_no_grad_log_prob_and_sample_equal_the_whole_batch(builder):
+    """``Flow`` evaluates large no-grad batches of wide vectors in blocks of ``block_rows`` rows (cache-sized); the
+    result is the one of the whole batch."""
+    from flowlib.transforms.autoregressive import iaf, maf
+
+    make = {"realnvp": lambda: realnvp(16, num_layers=2, hidden=(8,)), "maf": lambda: maf(16, 2, (8,)),
+            "iaf": lambda: iaf(16, 2, (8,))}[builder]
+    flow = perturb_parameters(make(), scale=0.2).double()
+    x = _data(16, n=50)
+    flow.block_rows = 8
+    with torch.no_grad():
+        assert flow._blocks(x) is not None and len(flow._blocks(x)) == 7
+        lp = flow.log_prob(x)
+        torch.manual_seed(3)
+        s = flow.sample(50)
+    flow.block_rows = None
+    with torch.no_grad():
+        assert flow._blocks(x) is None
+        lp_whole = flow.log_prob(x)
+        torch.manual_seed(3)
+        s_whole = flow.sample(50)
+    assert torch.allclose(lp, lp_whole, rtol=0, atol=1e-12) and torch.allclose(s, s_whole, rtol=0, atol=1e-12)
+
+
+def test_no_blocks_with_autograd_narrow_data_or_stateful_layers():
+    from flowlib import Flow
+    from flowlib.distributions import StandardNormal
+    from flowlib.transforms.actnorm import ActNorm
+
+    flow = realnvp(16, num_layers=2, hidden=(8,))
+    x = torch.randn(5000, 16)
+    assert flow._blocks(x) is None  # autograd on
+    with torch.no_grad():
+        assert flow._blocks(x) is not None
+        assert realnvp(2)._blocks(torch.randn(5000, 2)) is None  # narrow: no gain measured
+        assert Flow([ActNorm(16)], StandardNormal(16))._blocks(x) is None  # data-dependent initialisation
