@@ -299,7 +299,9 @@ class AffineCoupling(_Coupling):
     * inverse: ``x_a = z_a``, ``x_b = (z_b - t(z_a)) * exp(-s(z_a))``;
     * log-det: ``sum_i s_i(x_a)`` over the transformed entries (the diagonal of the triangular
       Jacobian is ``exp(s)``, and ``log|exp(s)| = s``); cost O(d) plus one conditioner evaluation,
-      in both directions.
+      in both directions. Without autograd (``torch.no_grad()``) and with flowlib's ``MLP`` on vectors, the
+      same arithmetic runs in fewer kernels: ``ReLU`` in place, ``1/B`` folded into the last layer's
+      log-scale rows, shift and scale applied in one ``addcmul``.
 
     **Scale function.** The conditioner outputs a raw value ``r`` and ``s = B * tanh(r / B)`` with
     ``B = scale_bound`` (2.0 by default). Near ``r = 0`` this is ``s ~ r``, but ``|s| < B`` always, so
