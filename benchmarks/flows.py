@@ -15,14 +15,13 @@ What is compared, per dataset x architecture x library:
   uniformly dequantised ``y = (x + u) / 17`` and logit-transformed (``alpha = 0.05``) *outside* the models,
   identically for every library, reported in bits/dim (logit and scaling log-dets and the ``log 17``
   offset included, ``flowlib.metrics.bits_per_dim``).
-* training: same seed, same batches and dequantisation noise, Adam(lr=1e-3), batch 512, 500 steps. The
-  libraries are interleaved in chunks (``--chunk`` steps of one library, then the next, order rotated
-  every chunk) so that machine noise hits all of them alike; ``torch.set_num_threads`` is fixed.
-  Every step is timed (zero_grad + log_prob + backward + Adam step); the first ``--warmup`` steps of each
-  run are excluded from the timing. Validation NLL every ``--val-every`` steps; the best checkpoint is
-  the one tested.
-* after training: test NLL (nats or bits/dim), then wall time of ``log_prob`` and of ``sample`` on
-  10,000 points (``torch.no_grad``, median of repeats, also interleaved).
+* speed (``speed``): per (dataset, architecture) and thread count (1 and 2), interleaved rounds; every round
+  times each library's training step (median of ``--speed-steps``), ``log_prob`` and ``sample`` of 10,000
+  points; reported as flowlib / fastest peer, the median of the per-round ratios.
+* likelihood (``bench_one``): same seed, same batches and dequantisation noise, Adam(lr=1e-3), batch 512,
+  ``--steps`` steps, libraries interleaved in chunks; the final model and the early-stopped one (patience on
+  the validation split) are tested; seeds 0-9, and the report gives paired differences flowlib - library
+  with their standard error, a tie whenever they are within two standard errors.
 """
 
 from __future__ import annotations
