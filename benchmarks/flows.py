@@ -15,14 +15,13 @@ What is compared, per dataset x architecture x library:
   uniformly dequantised ``y = (x + u) / 17`` and logit-transformed (``alpha = 0.05``) *outside* the models,
   identically for every library, reported in bits/dim (logit and scaling log-dets and the ``log 17``
   offset included, ``flowlib.metrics.bits_per_dim``).
-* training: same seed, same batches and dequantisation noise, Adam(lr=1e-3), batch 512, 500 steps. The
-  libraries are interleaved in chunks (``--chunk`` steps of one library, then the next, order rotated
-  every chunk) so that machine noise hits all of them alike; ``torch.set_num_threads`` is fixed.
-  Every step is timed (zero_grad + log_prob + backward + Adam step); the first ``--warmup`` steps of each
-  run are excluded from the timing. Validation NLL every ``--val-every`` steps; the best checkpoint is
-  the one tested.
-* after training: test NLL (nats or bits/dim), then wall time of ``log_prob`` and of ``sample`` on
-  10,000 points (``torch.no_grad``, median of repeats, also interleaved).
+* speed (``speed``): per (dataset, architecture) and thread count (1 and 2), interleaved rounds; every round
+  times each library's training step (median of ``--speed-steps``), ``log_prob`` and ``sample`` of 10,000
+  points; reported as flowlib / fastest peer, the median of the per-round ratios.
+* likelihood (``bench_one``): same seed, same batches and dequantisation noise, Adam(lr=1e-3), batch 512,
+  ``--steps`` steps, libraries interleaved in chunks; the final model and the early-stopped one (patience on
+  the validation split) are tested; seeds 0-9, and the report gives paired differences flowlib - library
+  with their standard error, a tie whenever they are within two standard errors.
 """
 
 from __future__ import annotations
@@ -46,7 +45,8 @@ import torch
 
 LIBS = ("flowlib", "normflows", "nflows", "zuko")
 ARCHS = ("realnvp", "maf")
-DATASETS = ("moons", "digits")
+DATASETS = ("moons", "digits", "digits-std")
+SPEED_DATASETS = ("moons", "digits")
 HIDDEN = (64, 64)
 N_LAYERS = {"realnvp": 8, "maf": 5}
 LOGIT_ALPHA = 0.05
@@ -412,6 +412,16 @@ def make_task(dataset, args, seed):
     val_v, val_ld = prep(val.repeat(K, 1), torch.Generator().manual_seed(10_000 + seed))
     test_v, test_ld = prep(test.repeat(K, 1), torch.Generator().manual_seed(20_000 + seed))
     timing_x, _ = prep(train[torch.randint(len(train), (10_000,), generator=g)], g)
+    if dataset == "digits-std":
+        # per-dimension standardisation of the logit-space values, with the mean and sd of the training split
+        # (one fixed dequantisation draw); its log-det -sum(log sd) is added like the logit's, so bits/dim stay
+        # those of the 0..16 images and compare with the unstandardised rows
+        v_fit, _ = prep(train, torch.Generator().manual_seed(30_000))
+        mu, sd = v_fit.mean(0), v_fit.std(0)
+        batches, val_v, test_v, timing_x = ((v - mu) / sd for v in (batches, val_v, test_v, timing_x))
+        val_ld, test_ld = val_ld - sd.log().sum(), test_ld - sd.log().sum()
+        source += (" (+ per-dimension standardisation in logit space, training-split sd "
+                   f"{float(sd.min()):.2f}-{float(sd.max()):.2f})")
     lds = {id(val_v): val_ld, id(test_v): test_ld}
 
     def metric(model, v):
@@ -433,7 +443,7 @@ def make_task(dataset, args, seed):
 
 
 class Run:
-    def __init__(self, lib, arch, task, seed, lr):
+    def __init__(self, lib, arch, task, seed, lr, patience=3):
         torch.manual_seed(seed)  # same initialisation seed for every library
         self.lib, self.arch, self.task = lib, arch, task
         self.model = build(lib, arch, task["dim"])
@@ -441,6 +451,9 @@ class Run:
         self.step = 0
         self.times = []
         self.best = (math.inf, 0, None)  # (val metric, step, state_dict)
+        self.stopped = None  # early stopping: ``best`` as it was when the patience ran out
+        self.since_best = 0
+        self.patience = patience
         self.error = None
         self.val_curve = []
 
@@ -481,6 +494,26 @@ class Run:
         self.val_curve.append((self.step, v))
         if math.isfinite(v) and v < self.best[0]:
             self.best = (v, self.step, copy.deepcopy(module.state_dict()))
+            self.since_best = 0
+        else:
+            self.since_best += 1
+            if self.stopped is None and self.since_best >= self.patience:
+                self.stopped = self.best  # early stopping would have ended training here, with this checkpoint
+
+    @torch.no_grad()
+    def test_early_stopped(self):
+        """Test metric of early stopping on the validation split: training ends after ``patience``
+        validations without improvement and the best checkpoint so far is restored (the best checkpoint of
+        the whole budget when the patience never ran out)."""
+        best = self.stopped or self.best
+        if best[2] is None:
+            return math.nan, 0
+        self.model.module.load_state_dict(best[2])
+        self.model.module.eval()
+        try:
+            return self.task["metric"](self.model, self.task["test"]), best[1]
+        except Exception:
+            return math.nan, best[1]
 
     @torch.no_grad()
     def test_final(self):
@@ -507,28 +540,77 @@ class Run:
             return math.nan
 
 
-def time_inference(runs, repeats_lp, repeats_sample):
-    """Median seconds of log_prob and sample on 10k points, interleaving the libraries per repeat."""
-    out = {r.lib: {"log_prob": [], "sample": [], "sample_finite": True} for r in runs}
-    for rep in range(max(repeats_lp, repeats_sample)):
-        order = runs[rep % len(runs):] + runs[: rep % len(runs)]
-        for r in order:
-            if r.best[2] is None:
-                continue
-            x = r.task["timing_x"]
-            with torch.no_grad():
-                if rep < repeats_lp:
-                    t0 = time.perf_counter()
-                    r.model.log_prob(x)
-                    out[r.lib]["log_prob"].append(time.perf_counter() - t0)
-                if rep < repeats_sample and not (out[r.lib]["sample"] and out[r.lib]["sample"][0] > 15.0):
-                    # a slow sampler (d sequential passes) is timed once: one repeat already says enough
-                    t0 = time.perf_counter()
-                    s = r.model.sample(10_000)
-                    out[r.lib]["sample"].append(time.perf_counter() - t0)
-                    out[r.lib]["sample_finite"] &= bool(torch.isfinite(s).all())
-    return {k: {"log_prob": _med(v["log_prob"]), "sample": _med(v["sample"]),
-                "sample_finite": v["sample_finite"]} for k, v in out.items()}
+def speed(args, log):
+    """Speed rows: for every (dataset, architecture) and thread count, ``--speed-rounds`` interleaved rounds;
+    in each round every library (order rotated) runs ``--speed-steps`` training steps (zero_grad + log_prob +
+    backward + Adam step, batch ``--batch``; the round's value is their median), one ``log_prob`` and one
+    ``sample`` of 10,000 points under ``torch.no_grad()``. One untimed warm-up round first. Returns
+    ``{(dataset, arch, threads): {lib: {"train": [...], "log_prob": [...], "sample": [...]}}}`` (seconds per
+    round)."""
+    out = {}
+    sargs = argparse.Namespace(**{**vars(args), "steps": args.speed_steps * (args.speed_rounds + 1)})
+    rows = [(d, a, t) for d in args.datasets if d in SPEED_DATASETS for a in args.archs for t in args.speed_threads]
+    rows.sort(key=lambda r: (r[:2] == ("digits", "maf"), r[2]))  # the slow sequential sampler last
+    for dataset, arch, threads in rows:
+            torch.set_num_threads(threads)
+            task = make_task(dataset, sargs, 0)
+            x_eval = task["timing_x"]
+            n_sample = args.slow_sample_n if (dataset, arch) == ("digits", "maf") else len(x_eval)
+            if True:
+                runs = [Run(lib, arch, task, 0, args.lr) for lib in args.libs]
+                times = {r.lib: {"train": [], "log_prob": [], "sample": []} for r in runs}
+                for rnd in range(args.speed_rounds + 1):
+                    for r in runs[rnd % len(runs):] + runs[: rnd % len(runs)]:
+                        m, steps = r.model, []
+                        for j in range(args.speed_steps):
+                            x = task["batches"][rnd * args.speed_steps + j]
+                            t0 = time.perf_counter()
+                            r.opt.zero_grad(set_to_none=True)
+                            (-m.log_prob(x).mean()).backward()
+                            r.opt.step()
+                            steps.append(time.perf_counter() - t0)
+                        with torch.no_grad():
+                            t0 = time.perf_counter()
+                            m.log_prob(x_eval)
+                            t1 = time.perf_counter()
+                            m.sample(n_sample)
+                            t2 = time.perf_counter()
+                        if rnd:  # round 0 warms up
+                            times[r.lib]["train"].append(statistics.median(steps))
+                            times[r.lib]["log_prob"].append(t1 - t0)
+                            times[r.lib]["sample"].append(t2 - t1)
+                out[(dataset, arch, threads)] = times
+                if args.json:  # every finished row at once: an interrupted run keeps what it measured
+                    with open(args.json + ".speed.json", "w") as fh:
+                        json.dump({"speed": {f"{d}/{a}/{t}": v for (d, a, t), v in out.items()},
+                                   "args": {k: getattr(args, k) for k in ("batch", "libs", "archs", "speed_rounds",
+                                                                          "speed_steps", "speed_threads",
+                                                                          "slow_sample_n")}}, fh)
+                log(f"speed {dataset}/{arch}, {threads} thread(s): " + ", ".join(
+                    f"{lib} {1e3 * _med(t['train']):.2f} ms/step, log_prob {1e3 * _med(t['log_prob']):.1f} ms, "
+                    f"sample {1e3 * _med(t['sample']):.1f} ms" for lib, t in times.items()))
+    torch.set_num_threads(args.threads)
+    return out
+
+
+def speed_ratio(times, what, peers):
+    """flowlib / fastest peer for ``what``: the fastest peer is the one with the smallest median over rounds;
+    the ratio is the median over rounds of the per-round ratios (paired: both measured in the same round),
+    with the min and max of the per-round ratios."""
+    fastest = min(peers, key=lambda p: _med(times[p][what]))
+    ratios = [f / p for f, p in zip(times["flowlib"][what], times[fastest][what])]
+    return fastest, _med(ratios), (min(ratios), max(ratios))
+
+
+def paired(a, b):
+    """Paired difference ``a - b`` over seeds (NaN pairs dropped): (mean, standard error, n, verdict), the
+    verdict ``"ahead"`` (a lower, i.e. better, by more than two standard errors), ``"behind"`` or ``"tie"``."""
+    d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    if len(d) < 2:
+        return math.nan, math.nan, len(d), "n/a"
+    mean, se = statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d))
+    verdict = "ahead" if mean + 2 * se < 0 else "behind" if mean - 2 * se > 0 else "tie"
+    return mean, se, len(d), verdict
 
 
 def _med(xs):
@@ -536,10 +618,12 @@ def _med(xs):
 
 
 def bench_one(dataset, arch, task, libs, seed, args, log):
+    """Train every library on one (dataset, arch, seed) cell, interleaved in chunks; test the final model and
+    the early-stopped one. Speed is measured separately (``speed``), not from these runs."""
     runs = []
     for lib in libs:
         try:
-            runs.append(Run(lib, arch, task, seed, args.lr))
+            runs.append(Run(lib, arch, task, seed, args.lr, args.patience))
         except Exception as e:
             log(f"  [{dataset}/{arch}] {lib}: cannot build ({type(e).__name__}: {e})")
             if args.verbose:
@@ -549,23 +633,18 @@ def bench_one(dataset, arch, task, libs, seed, args, log):
         order = runs[c % len(runs):] + runs[: c % len(runs)]  # rotate who goes first
         for r in order:
             r.train_chunk(args.chunk, args.val_every)
-    timings = time_inference(runs, args.repeats, args.sample_repeats)
     res = {}
     for r in runs:
         t = r.times[args.warmup:] if len(r.times) > args.warmup else r.times
-        final = r.test_final()  # before test() loads the best checkpoint
+        final = r.test_final()  # before the early-stopped checkpoint is loaded
+        es, es_step = r.test_early_stopped()
         res[r.lib] = dict(
-            test_final=final,
-            ms_step=1e3 * _med(t),
-            ms_step_q=(1e3 * float(np.percentile(t, 25)), 1e3 * float(np.percentile(t, 75))) if t else None,
-            steps=r.step, test=r.test(), best_val=r.best[0], best_step=r.best[1], error=r.error,
-            val_curve=r.val_curve, params=r.model.num_params(), times_ms=[1e3 * s for s in t],
-            **timings[r.lib],
+            test_final=final, test_es=es, es_step=es_step, ms_step=1e3 * _med(t), steps=r.step,
+            best_val=r.best[0], best_step=r.best[1], error=r.error, val_curve=r.val_curve,
+            params=r.model.num_params(),
         )
         log(f"  [{dataset}/{arch} seed {seed}] {r.lib:9s} {res[r.lib]['ms_step']:7.2f} ms/step  "
-            f"final {res[r.lib]['test_final']:.4f} best-ckpt {res[r.lib]['test']:.4f} {task['unit']} "
-            f"(best val @ {r.best[1]})  "
-            f"log_prob {timings[r.lib]['log_prob']:.3f}s  sample {timings[r.lib]['sample']:.3f}s"
+            f"final {final:.4f} early-stopped {es:.4f} (step {es_step}) {task['unit']}"
             + (f"  ERROR {r.error}" if r.error else ""))
     return res
 
@@ -607,200 +686,249 @@ def machine_info():
     return cpu, os.cpu_count(), versions
 
 
-def _fmt(x, nd=2):
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
-
-
-def _med_range(m, r, nd=3):
-    return f"{_fmt(m, nd)} [{_fmt(r[0], nd)}, {_fmt(r[1], nd)}]" if r else "n/a"
-
-
-def _best_peer(peers, field):
-    return min(peers, key=lambda k: peers[k][field] if math.isfinite(peers[k][field]) else math.inf)
-
-
 def aggregate(per_seed, libs):
-    """Combine seeds: median ms/step over all timed steps of all seeds; metric mean and sd over seeds."""
+    """Combine seeds (lists in seed order, NaN for a failed run): final and early-stopped test metrics."""
     agg = {}
     for lib in libs:
-        rs = [s[lib] for s in per_seed if lib in s]
-        if not rs:
+        rs = [s.get(lib) for s in per_seed]
+        if not any(rs):
             continue
-        times = [t for r in rs for t in r["times_ms"]]
-        tests = [r["test"] for r in rs]
-        finite = [t for t in tests if math.isfinite(t)]
-        finals = [r.get("test_final", math.nan) for r in rs]
-        ffin = [t for t in finals if math.isfinite(t)]
+        nan = dict(test_final=math.nan, test_es=math.nan, es_step=0, ms_step=math.nan, error=None)
+        rs = [r or nan for r in rs]
         agg[lib] = dict(
-            final_median=statistics.median(ffin) if ffin else math.nan,
-            final_sd=statistics.stdev(ffin) if len(ffin) > 1 else 0.0,
-            final_range=(min(ffin), max(ffin)) if ffin else None,
-            finals=finals, n_final_ok=len(ffin),
-            best_median=statistics.median(finite) if finite else math.nan,
-            best_range=(min(finite), max(finite)) if finite else None,
-            ms_step=_med(times),
-            q=(float(np.percentile(times, 25)), float(np.percentile(times, 75))) if times else None,
-            test_mean=statistics.fmean(finite) if finite else math.nan,
-            test_sd=statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            tests=tests, n_ok=len(finite),
-            best_steps=[r["best_step"] for r in rs],
-            log_prob=_med([r["log_prob"] for r in rs]), sample=_med([r["sample"] for r in rs]),
-            sample_finite=all(r["sample_finite"] for r in rs),
-            errors=[r["error"] for r in rs if r["error"]], params=rs[0]["params"],
+            finals=[r["test_final"] for r in rs], es=[r["test_es"] for r in rs],
+            es_steps=[r["es_step"] for r in rs], ms_step=_med([r["ms_step"] for r in rs]),
+            errors=[r["error"] for r in rs if r["error"]], params=next(r for r in rs if "params" in r)["params"],
         )
     return agg
 
 
-def write_report(path, results, args, meta):
+def _stats(xs):
+    """(median, min, max, mean, sd) of the finite values, or None."""
+    f = [x for x in xs if math.isfinite(x)]
+    if not f:
+        return None
+    return statistics.median(f), min(f), max(f), statistics.fmean(f), statistics.stdev(f) if len(f) > 1 else 0.0
+
+
+def _stat_cells(xs, nd=3):
+    st = _stats(xs)
+    if st is None:
+        return "n/a", "n/a"
+    med, lo, hi, mean, sd = st
+    return f"{med:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]", f"{mean:.{nd}f} +- {sd:.{nd}f}"
+
+
+def _paired_cell(a, b, nd=3):
+    mean, se, n, verdict = paired(a, b)
+    if verdict == "n/a":
+        return "n/a", "n/a"
+    return f"{mean:+.{nd}f} +- {se:.{nd}f} (n={n})", {"ahead": "flowlib ahead", "behind": "flowlib behind",
+                                                       "tie": "tie"}[verdict]
+
+
+TITLES = {
+    "moons": "Two moons (test NLL in nats, lower is better)",
+    "digits": "8x8 digits (test bits/dim, dequantised + logit, lower is better)",
+    "digits-std": "Digits with standardised logit-space inputs (test bits/dim, lower is better)",
+}
+
+
+def write_report(path, results, speed_res, args, meta):
     cpu, ncpu, versions = meta["machine"]
     L = []
     w = L.append
-    w("# flowlib vs normflows, nflows, zuko: training speed and likelihood\n")
+    w("# flowlib vs normflows, nflows, zuko: speed and likelihood\n")
     w(f"Generated by `benchmarks/flows.py` on {meta['date']} in {meta['wall']:.0f} s.\n")
-    w("Reproduce (from the repository root):\n")
+    w("Reproduce (from the repository root; `make bench` runs the same):\n")
     w("```bash\nbash benchmarks/setup_bench_env.sh\n" + meta["command"] + "\n```\n")
-    w(f"- Machine: {cpu}, {ncpu} logical CPUs, `torch.set_num_threads({args.threads})`, no GPU; "
-      f"1-min load average at start / end of the run: {meta['load'][0]:.1f} / {meta['load'][1]:.1f} "
-      "(the machine is shared: interleaving spreads the noise over all libraries alike)")
+    w(f"- Machine: {cpu}, {ncpu} logical CPUs, no GPU, **shared with other jobs**. 1-min load average "
+      + "; ".join(f"during the {k} part: {v}" for k, v in meta["load"].items())
+      + ". Interleaving spreads the noise over all libraries alike; it does not remove it.")
     w("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    w(f"- Budget: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, seeds {args.seeds}; libraries "
-      f"interleaved in chunks of {args.chunk} steps (order rotated every chunk); first {args.warmup} steps "
-      f"of every run not timed; validation every {args.val_every} steps; final model and best checkpoint "
-      f"tested" + (f"; {args.jobs} cells (dataset, architecture, seed) run in parallel processes of "
-                   f"{args.threads} threads each" if args.jobs > 1 else ""))
-    w(f"- Data: {meta['sources']}")
-    w("- ms/step: median over all timed steps of all seeds (interquartile range in brackets). "
-      "Test NLL, two numbers per run: the **final** model after the last step (what a user gets from "
-      "`fit` without checkpointing) and the **best-validation checkpoint**; each given as median "
-      "[min, max] over seeds, and mean +- sd. log_prob / sample: median "
-      f"seconds for 10,000 points, `torch.no_grad()`, {args.repeats} / {args.sample_repeats} interleaved "
-      "repeats per seed.\n")
-    targets = []
-    for dataset in args.datasets:
+    if speed_res:
+        w(f"- Speed: {args.speed_rounds} interleaved rounds (plus one untimed warm-up round) per row and thread "
+          f"count (`torch.set_num_threads`: {', '.join(map(str, args.speed_threads))}); in every round each "
+          f"library, in rotated order, runs {args.speed_steps} training steps (zero_grad + log_prob + backward + "
+          f"Adam step, batch {args.batch}; the round's value is their median), one `log_prob` and one `sample` of "
+          f"10,000 points (`torch.no_grad()`; `sample` of {args.slow_sample_n:,} points on the digits MAF row, whose "
+          "samplers make 64 sequential passes per layer). Ratio = flowlib / fastest peer (the peer with the "
+          "smallest median over rounds), the median of the per-round ratios, [min, max] over rounds.")
+    if results:
+        w(f"- Likelihood: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, seeds {args.seeds} (the same "
+          f"seed gives every library the same batches, dequantisation noise and `torch.manual_seed` before its "
+          f"initialisation); libraries interleaved in chunks of {args.chunk} steps; validation every "
+          f"{args.val_every} steps. Two models per run: the **final** model after step {args.steps} (what `fit` "
+          f"returns without checkpointing) and **early stopping** on the validation split (training stops after "
+          f"{args.patience} validations without improvement and the best checkpoint so far is restored; the "
+          "best checkpoint of the budget when that never happens). "
+          + (f"{args.jobs} cells (dataset, architecture, seed) in parallel processes of {args.threads} thread(s). "
+             if args.jobs > 1 else f"{args.threads} thread(s). ")
+          + "**Paired differences**: flowlib minus the library, seed by seed, mean +- standard error over seeds; "
+          "the verdict is a **tie** whenever the mean is within two standard errors of 0.")
+        w(f"- Data: {meta['sources']}")
+    w("")
+    speed_targets = []
+    if speed_res:
+        w("## Speed: flowlib / fastest peer (below 1: flowlib faster)\n")
+        w("| dataset | architecture | threads | training step: ratio [min, max] | log_prob 10k: ratio [min, max] | "
+          "sample 10k: ratio [min, max] | all three <= 1 |")
+        w("|---|---|---|---|---|---|---|")
+        for (dataset, arch, threads), times in speed_res.items():
+            peers = [lib for lib in times if lib in LIBS and lib != "flowlib" and times[lib]["train"]]
+            if "flowlib" not in times or not peers:
+                continue
+            cells, ok = [], True
+            for what in ("train", "log_prob", "sample"):
+                fastest, ratio, (lo, hi) = speed_ratio(times, what, peers)
+                ok &= ratio <= 1.0
+                cells.append(f"{ratio:.2f} [{lo:.2f}, {hi:.2f}] vs {fastest}")
+                speed_targets.append((dataset, arch, threads, what, ratio))
+            w(f"| {dataset} | {arch} | {threads} | {' | '.join(cells)} | {'met' if ok else '**missed**'} |")
+        w("\nMedian times over the rounds (ms per call; the machine was shared, so absolute times are inflated):\n")
+        w("| dataset | architecture | threads | library | ms / training step | log_prob 10k (ms) | sample 10k (ms) |")
+        w("|---|---|---|---|---|---|---|")
+        for (dataset, arch, threads), times in speed_res.items():
+            for lib, t in times.items():
+                w(f"| {dataset} | {arch} | {threads} | {lib} | {1e3 * _med(t['train']):.2f} | "
+                  f"{1e3 * _med(t['log_prob']):.1f} | {1e3 * _med(t['sample']):.1f} |")
+        w("")
+    claims = []
+    for dataset in args.datasets if results else ():
         unit = "nats" if dataset == "moons" else "bits/dim"
-        title = ("Two moons (test NLL in nats, lower is better)" if dataset == "moons"
-                 else "8x8 digits (test bits/dim, dequantised + logit, lower is better)")
-        w(f"## {title}\n")
-        w(f"| architecture | library | ms/step (IQR) | final test {unit}: median [min, max] | final mean +- sd | "
-          f"best-ckpt test {unit}: median [min, max] | best-ckpt mean +- sd | best val step | log_prob 10k (s) | "
-          "sample 10k (s) | params | notes |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        w(f"## {TITLES[dataset]}\n")
+        w(f"| architecture | library | params | final test {unit}: median [min, max] | final mean +- sd | "
+          "final: flowlib - library, mean +- se | final verdict | early-stopped: median [min, max] | "
+          "early-stopped mean +- sd | early-stopped: flowlib - library | early-stopped verdict | stop step | notes |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         ref = meta.get("reference", {}).get(dataset, math.nan)
         if math.isfinite(ref):
-            w(f"| - | true density | | {ref:.3f} | | {ref:.3f} | | | | | | `flowlib.data.two_moons_log_prob` of "
-              "the test points: the floor |")
+            w(f"| - | true density | | {ref:.3f} | | | | {ref:.3f} | | | | | `flowlib.data.two_moons_log_prob` "
+              "of the test points: the floor |")
         for arch in args.archs:
             agg = results.get((dataset, arch), {})
+            f = agg.get("flowlib")
             for lib in args.libs:
                 if lib not in agg:
-                    w(f"| {arch} | {lib} | not run | | | | | | | | | model not available |")
+                    w(f"| {arch} | {lib} | not run | | | | | | | | | | model not available |")
                     continue
                 a = agg[lib]
-                notes = []
-                if a["errors"]:
-                    notes.append("diverged/raised: " + "; ".join(a["errors"])[:160])
-                if not a["sample_finite"]:
-                    notes.append("non-finite samples")
-                q = f" ({_fmt(a['q'][0])}-{_fmt(a['q'][1])})" if a["q"] else ""
-                nd = 3
-                ffin = [t for t in a["finals"] if math.isfinite(t)]
-                fmean = f"{statistics.fmean(ffin):.3f} +- {a['final_sd']:.3f}" if ffin else "n/a"
-                w(f"| {arch} | {lib} | {_fmt(a['ms_step'])}{q} | {_med_range(a['final_median'], a['final_range'])} | "
-                  f"{fmean} | {_med_range(a['best_median'], a['best_range'])} | "
-                  f"{_fmt(a['test_mean'], nd)} +- {a['test_sd']:.3f} | "
-                  f"{','.join(map(str, a['best_steps']))} | {_fmt(a['log_prob'], 3)} | "
-                  f"{_fmt(a['sample'], 3)} | {a['params']} | {' '.join(notes)} |")
-            if "flowlib" in agg:
-                peers = {k: v for k, v in agg.items() if not k.startswith("flowlib")}
-                if peers:
-                    fastest = min(peers, key=lambda k: peers[k]["ms_step"])
-                    best_final = _best_peer(peers, "final_median")
-                    best_ckpt = _best_peer(peers, "best_median")
-                    f = agg["flowlib"]
-                    targets.append((dataset, arch, f["ms_step"], fastest, peers[fastest]["ms_step"],
-                                    f["final_median"], best_final, peers[best_final]["final_median"],
-                                    f["best_median"], best_ckpt, peers[best_ckpt]["best_median"], unit))
-        w("")
-    if targets:
-        w("## Targets\n")
-        w("Speed: flowlib's median step no slower than the fastest peer's. Likelihood: flowlib's (defaults) "
-          "median test NLL over seeds at least as good as the best peer's median, strictly (no tie margin), "
-          "for the final model and for the best-validation checkpoint separately.\n")
-        w("| dataset | architecture | flowlib ms/step | fastest peer | speed target | flowlib final NLL | "
-          "best peer (final) | final target | flowlib best-ckpt NLL | best peer (best-ckpt) | best-ckpt target |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
-
-        def verdict(a, b, unit):
-            return "met" if a <= b else f"**missed** (+{a - b:.3f} {unit})"
-
-        for dataset, arch, fms, fast, pms, ffin, pf, pfin, fbest, pb, pbest, unit in targets:
-            speed = "met" if fms <= pms else f"**missed** ({fms / pms:.2f}x)"
-            w(f"| {dataset} | {arch} | {_fmt(fms)} | {fast} {_fmt(pms)} | {speed} | {_fmt(ffin, 3)} | "
-              f"{pf} {_fmt(pfin, 3)} | {verdict(ffin, pfin, unit)} | {_fmt(fbest, 3)} | {pb} {_fmt(pbest, 3)} | "
-              f"{verdict(fbest, pbest, unit)} |")
-        w("")
-    w("## Scale parametrisations (they bound the likelihood differently)\n")
-    w("| library | architecture | scale of the affine map |")
-    w("|---|---|---|")
-    for lib in args.libs:
-        for arch in args.archs:
-            note = meta.get("scale_notes", {}).get((lib, arch), SCALE_NOTES.get((lib, arch)))
-            if note is None:
-                variant = lib.split(":", 1)[1] if lib.startswith("flowlib:") else None
-                if arch == "realnvp" and variant in FLOWLIB_VARIANTS:
-                    note = f"as flowlib, with `realnvp(..., **{FLOWLIB_VARIANTS[variant]})`"
-                elif arch == "maf" and variant in MAF_VARIANTS:
-                    note = f"as flowlib, with every layer `MAF(..., **{MAF_VARIANTS[variant]})`"
+                fin_med, fin_mean = _stat_cells(a["finals"])
+                es_med, es_mean = _stat_cells(a["es"])
+                if f is not None and lib != "flowlib":
+                    pf, vf = _paired_cell(f["finals"], a["finals"])
+                    pe, ve = _paired_cell(f["es"], a["es"])
                 else:
-                    continue
-            w(f"| {lib} | {arch} | {note} |")
-    w("")
-    w(meta.get("extra_notes", ""))
+                    pf = vf = pe = ve = "-"
+                notes = "diverged/raised: " + "; ".join(a["errors"])[:160] if a["errors"] else ""
+                w(f"| {arch} | {lib} | {a['params']} | {fin_med} | {fin_mean} | {pf} | {vf} | {es_med} | {es_mean} | "
+                  f"{pe} | {ve} | {','.join(map(str, a['es_steps']))} | {notes} |")
+            peers = {k: v for k, v in agg.items() if k in LIBS and k != "flowlib"}
+            if f is not None and peers:
+                for model, field in (("final", "finals"), ("early-stopped", "es")):
+                    best = min(peers, key=lambda k: (_stats(peers[k][field]) or (math.inf,) * 4)[3])
+                    claims.append((dataset, arch, model, best, *paired(f[field], peers[best][field]), unit))
+        w("")
+    if speed_targets or claims:
+        w("## Targets and claims\n")
+    if speed_targets:
+        missed = [t for t in speed_targets if not t[4] <= 1.0]
+        w(f"**Speed** (target: every ratio of the speed table at most 1.0, median over rounds): "
+          f"{len(speed_targets) - len(missed)} of {len(speed_targets)} ratios met"
+          + ("." if not missed else "; missed: " + ", ".join(
+              f"{d}/{a}/{t} thread(s) {what} {r:.2f}" for d, a, t, what, r in missed) + ".")
+          + " Each ratio is a median over rounds on a shared machine: a ratio within a few per cent of 1.0 is "
+          "a tie at this noise level, not a lead (the [min, max] columns show the round-to-round spread).\n")
+    if claims:
+        w("**Likelihood** against the best peer of each row (the peer with the lowest mean test NLL over seeds for "
+          "that model), paired over seeds. Every claim depends on its protocol: the data row (two moons; digits in "
+          f"logit space; digits standardised in logit space), the budget ({args.steps} steps at lr {args.lr}, "
+          f"batch {args.batch}) and the model (final, or early-stopped with patience {args.patience}).\n")
+        w("| dataset | architecture | model | best peer | flowlib - best peer, mean +- se | verdict |")
+        w("|---|---|---|---|---|---|")
+        for dataset, arch, model, best, mean, se, n, verdict, unit in claims:
+            text = {"ahead": "**flowlib ahead**", "behind": "**flowlib behind**", "tie": "tie", "n/a": "n/a"}[verdict]
+            w(f"| {dataset} | {arch} | {model} | {best} | {mean:+.3f} +- {se:.3f} {unit} (n={n}) | {text} |")
+        w("")
+    if results:
+        w("## Scale parametrisations (they bound the likelihood differently)\n")
+        w("| library | architecture | scale of the affine map |")
+        w("|---|---|---|")
+        for lib in args.libs:
+            for arch in args.archs:
+                note = SCALE_NOTES.get((lib, arch))
+                if note is None:
+                    variant = lib.split(":", 1)[1] if lib.startswith("flowlib:") else None
+                    if arch == "realnvp" and variant in FLOWLIB_VARIANTS:
+                        note = f"as flowlib, with `realnvp(..., **{FLOWLIB_VARIANTS[variant]})`"
+                    elif arch == "maf" and variant in MAF_VARIANTS:
+                        note = f"as flowlib, with every layer `MAF(..., **{MAF_VARIANTS[variant]})`"
+                    else:
+                        continue
+                w(f"| {lib} | {arch} | {note} |")
+        w("")
+        w(EXTRA_NOTES)
     kept = ""
     if os.path.exists(path):  # a hand-written analysis below the marker survives a re-run
-        with open(path) as f:
-            old = f.read()
+        with open(path) as fh:
+            old = fh.read()
         if ANALYSIS_MARKER in old:
             kept = "\n" + old[old.index(ANALYSIS_MARKER):]
-    with open(path, "w") as f:
-        f.write("\n".join(L).rstrip() + "\n" + kept)
+    with open(path, "w") as fh:
+        fh.write("\n".join(L).rstrip() + "\n" + kept)
+
+
+def _load_json(path):
+    with open(path) as fh:
+        return json.load(fh)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 1 seed, small data")
+    p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 2 seeds, 2 speed rounds")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
-    p.add_argument("--json", default=None, help="also dump raw per-seed results here")
+    p.add_argument("--json", default=None, help="also dump the raw results (speed rounds, per-seed metrics) here")
     p.add_argument("--libs", nargs="+", default=list(LIBS), type=lib_choice,
-                   help=f"libraries: {', '.join(LIBS)}, or flowlib:<variant> for the coupling-init ablation "
-                        f"({', '.join(FLOWLIB_VARIANTS)})")
+                   help=f"libraries: {', '.join(LIBS)}, or flowlib:<variant> for the ablations "
+                        f"({', '.join({**FLOWLIB_VARIANTS, **MAF_VARIANTS})})")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--jobs", type=int, default=1,
-                   help="run the (dataset, arch, seed) cells in this many processes (each --threads threads); "
-                        "libraries stay interleaved inside a cell")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--jobs", type=int, default=2,
+                   help="run the likelihood cells (dataset, arch, seed) in this many processes (each --threads "
+                        "threads); libraries stay interleaved inside a cell")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--chunk", type=int, default=10, help="steps of one library before switching")
     p.add_argument("--warmup", type=int, default=20, help="leading steps of each run left out of the timing")
-    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=50)
+    p.add_argument("--patience", type=int, default=4, help="early stopping: validations without improvement")
     p.add_argument("--n-train", type=int, default=10_000)
     p.add_argument("--n-val", type=int, default=5_000)
     p.add_argument("--n-test", type=int, default=5_000)
     p.add_argument("--eval-draws", type=int, default=4, help="dequantisation draws per held-out digit")
-    p.add_argument("--repeats", type=int, default=5, help="log_prob timing repeats")
-    p.add_argument("--sample-repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="threads per likelihood process")
+    p.add_argument("--speed-threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--speed-rounds", type=int, default=7)
+    p.add_argument("--speed-steps", type=int, default=10, help="training steps per library per speed round")
+    p.add_argument("--slow-sample-n", type=int, default=10_000,
+                   help="points per sample() call on the digits MAF row (d = 64 sequential passes per layer)")
+    p.add_argument("--skip-rows", nargs="*", default=[], help="likelihood rows left out, e.g. digits-std/realnvp")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-likelihood", action="store_true")
+    p.add_argument("--from-json", nargs="+", default=[],
+                   help="write the report from raw results saved with --json (speed and/or likelihood) "
+                        "instead of measuring them again")
     p.add_argument("--verbose", action="store_true")
-    p.add_argument("--profile", action="store_true", help="profile one training step per library instead")
+    p.add_argument("--profile", action="store_true", help="profile training step, log_prob and sample instead")
+    p.add_argument("--profile-what", default="train", choices=("train", "log_prob", "sample"))
     p.add_argument("--profile-steps", type=int, default=200)
     p.add_argument("--profile-out", default=None)
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.seeds, args.val_every, args.chunk, args.warmup = 60, args.seeds[:1], 20, 20, 5
-        args.repeats, args.sample_repeats = 2, 1
+        args.steps, args.seeds, args.val_every, args.chunk, args.warmup = 60, args.seeds[:2], 20, 20, 5
+        args.speed_rounds, args.speed_steps = 2, 3
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     t_start = time.time()
@@ -811,54 +939,119 @@ def main(argv=None):
     log(f"torch {torch.__version__}, threads {torch.get_num_threads()}, libs {args.libs}")
     if args.profile:
         return profile(args, log)
-    results, raw, sources, reference = {}, {}, {}, {}
-    load0 = os.getloadavg()[0]
-    cells = [(d, a, s) for d in args.datasets for a in args.archs for s in args.seeds]
-    if args.jobs > 1:
-        import concurrent.futures
-        import multiprocessing
+    speed_res, results, sources, reference, load, raw = {}, {}, {}, {}, {}, {}
+    commands = {}
+    jsonl = [path for path in args.from_json if path.endswith(".jsonl")]
+    if jsonl:  # the cells of likelihood runs (also unfinished ones, also several runs with other seeds)
+        cells = {}
+        for path in jsonl:
+            with open(path) as fh:
+                for line in fh:
+                    c = json.loads(line)
+                    cells.setdefault(tuple(c["cell"]), c["res"])
+        loads = [x for r in cells.values() for x in r.get("_load", [])]
+        if loads:
+            load["likelihood"] = f"{statistics.fmean(loads):.1f} on average over the cells, {max(loads):.1f} at most"
+        args.seeds = sorted({sd for (_, _, sd) in cells})
+        for d in args.datasets:
+            for a in args.archs:
+                per_seed = [cells[(d, a, sd)] for sd in args.seeds if (d, a, sd) in cells]
+                if per_seed:
+                    results[(d, a)] = aggregate(per_seed, args.libs)
+                    raw.setdefault("likelihood", {})[f"{d}/{a}"] = per_seed
+            task = make_task(d, argparse.Namespace(**{**vars(args), "steps": 1}), args.seeds[0])
+            sources[d] = f"{d}: {task['source']}, train/val/test {task['sizes']}"
+            reference[d] = task["reference"]
+    for path in args.from_json:
+        if path in jsonl:
+            continue
+        saved = _load_json(path)
+        for k, v in saved.get("args", {}).items():  # the protocol of the saved part, for the report
+            setattr(args, k, v)
+        commands.update(saved.get("commands", {}))
+        for k, v in saved.get("speed", {}).items():
+            d, a, t = k.split("/")
+            speed_res[(d, a, int(t))] = v
+        for k, v in saved.get("likelihood", {}).items():
+            d, a = k.split("/")
+            results[(d, a)] = aggregate(v, args.libs)
+            raw.setdefault("likelihood", {})[k] = v
+        sources.update(saved.get("sources", {}))
+        reference.update(saved.get("reference", {}))
+        load.update(saved.get("load", {}))
+        raw.setdefault("speed", {}).update(saved.get("speed", {}))
+    if not args.skip_speed and not args.from_json:
+        l0 = os.getloadavg()[0]
+        speed_res = speed(args, log)
+        load["speed"] = f"{l0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        raw["speed"] = {f"{d}/{a}/{t}": v for (d, a, t), v in speed_res.items()}
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(raw, fh, default=str)
+    if not args.skip_likelihood and not args.from_json:
+        l0 = os.getloadavg()[0]
+        # seed-major: an interrupted run (see ``--json``: PATH.cells.jsonl) has whole seeds for every row
+        cells = [(d, a, s) for s in args.seeds for d in args.datasets for a in args.archs
+                 if f"{d}/{a}" not in args.skip_rows]
+        if args.jobs > 1:
+            import concurrent.futures
+            import multiprocessing
 
-        done = {}
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = {ex.submit(_cell, *c, args): c for c in cells}
-            for fut in concurrent.futures.as_completed(futures):
-                done[futures[fut]] = fut.result()
-                if args.json:  # every finished cell at once, so that an interrupted run keeps what it did
-                    with open(args.json + ".cells.jsonl", "a") as f:
-                        res = {k: {kk: vv for kk, vv in v.items() if kk != "times_ms"}
-                               for k, v in done[futures[fut]][0].items()}
-                        f.write(json.dumps({"cell": futures[fut], "res": res}, default=str) + "\n")
-    else:
-        done = {c: _cell(*c, args, log) for c in cells}
-    for dataset in args.datasets:
-        for arch in args.archs:
-            per_seed = []
-            for seed in args.seeds:
-                res, source, ref = done[(dataset, arch, seed)]
-                sources[dataset] = source
-                if seed == args.seeds[0]:
-                    reference[dataset] = ref
-                per_seed.append(res)
-            results[(dataset, arch)] = aggregate(per_seed, args.libs)
-            raw[f"{dataset}/{arch}"] = [{k: {kk: vv for kk, vv in v.items() if kk != "times_ms"}
-                                          for k, v in s.items()} for s in per_seed]
+            done = {}
+            with concurrent.futures.ProcessPoolExecutor(args.jobs,
+                                                        mp_context=multiprocessing.get_context("spawn")) as ex:
+                futures = {ex.submit(_cell, *c, args): c for c in cells}
+                for fut in concurrent.futures.as_completed(futures):
+                    done[futures[fut]] = fut.result()
+                    if args.json:  # every finished cell at once, so that an interrupted run keeps what it did
+                        with open(args.json + ".cells.jsonl", "a") as fh:
+                            fh.write(json.dumps({"cell": futures[fut], "res": done[futures[fut]][0]},
+                                                default=str) + "\n")
+        else:
+            done = {c: _cell(*c, args, log) for c in cells}
+        raw["likelihood"] = {}
+        for dataset in args.datasets:
+            for arch in args.archs:
+                per_seed = []
+                for seed in args.seeds:
+                    if (dataset, arch, seed) not in done:  # --skip-rows
+                        continue
+                    res, source, ref = done[(dataset, arch, seed)]
+                    sources[dataset] = source
+                    if seed == args.seeds[0]:
+                        reference[dataset] = ref
+                    per_seed.append(res)
+                if per_seed:
+                    results[(dataset, arch)] = aggregate(per_seed, args.libs)
+                    raw["likelihood"][f"{dataset}/{arch}"] = per_seed
+        load["likelihood"] = f"{l0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    command = " ".join([".venv-bench/bin/python", "benchmarks/flows.py", *map(shlex.quote, sys.argv[1:])])
+    if not args.from_json:
+        keep = ["batch", "libs", "archs"]
+        if speed_res:
+            keep += ["speed_rounds", "speed_steps", "speed_threads", "slow_sample_n"]
+            commands["speed"] = command
+        if results:
+            keep += ["steps", "seeds", "lr", "chunk", "val_every", "patience", "jobs", "threads", "datasets",
+                     "eval_draws"]
+            commands["likelihood"] = command
+        raw["args"] = {k: getattr(args, k) for k in keep}
+    raw.update(sources=sources, reference=reference, load=load, commands=commands)
     meta = dict(
         machine=machine_info(),
         date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         wall=time.time() - t_start,
-        command=" ".join([".venv-bench/bin/python", "benchmarks/flows.py", *map(shlex.quote, sys.argv[1:])]),
-        jobs=args.jobs,
+        command="\n".join(dict.fromkeys(commands.values())) + (f"\n{command}" if args.from_json else ""),
         sources="; ".join(sources.values()) + (f"; digits dequantised `y = (x + u) / {DIGIT_LEVELS}` and "
                                                 f"`Logit(alpha={LOGIT_ALPHA})` (flowlib.preprocess), "
                                                 f"{args.eval_draws} noise draws per held-out image"),
-        extra_notes=EXTRA_NOTES,
-        load=(load0, os.getloadavg()[0]),
+        load=load,
         reference=reference,
     )
-    write_report(args.out, results, args, meta)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(raw, f, indent=1, default=str)
+    write_report(args.out, results, speed_res, args, meta)
+    if args.json and not args.from_json:
+        with open(args.json, "w") as fh:
+            json.dump(raw, fh, default=str)
     log(f"wrote {args.out}")
     return results
 
@@ -874,7 +1067,9 @@ def _cell(dataset, arch, seed, args, log=None):
             print(f"[{dataset}/{arch}/seed {seed} {time.time() - t0:5.0f}s] {msg}", flush=True)
 
     task = make_task(dataset, args, seed)
+    load0 = os.getloadavg()[0]
     res = bench_one(dataset, arch, task, args.libs, seed, args, log)
+    res["_load"] = [load0, os.getloadavg()[0]]  # 1-min load average at the start and end of the cell
     source = f"{dataset}: {task['source']}, train/val/test {task['sizes']}"
     return res, source, task["reference"]
 
@@ -927,17 +1122,21 @@ def profile(args, log):
         for arch in args.archs:
             task = make_task(dataset, args, args.seeds[0])
             runs = [Run(lib, arch, task, args.seeds[0], args.lr) for lib in args.libs]
-            x = task["batches"][0]
+            what = args.profile_what
+            x = task["batches"][0] if what == "train" else task["timing_x"]
 
-            def step(r, x=x):
-                r.opt.zero_grad(set_to_none=True)
-                loss = -r.model.log_prob(x).mean()
-                loss.backward()
-                r.opt.step()
-                return loss
+            def step(r, x=x, what=what):
+                if what == "train":
+                    r.opt.zero_grad(set_to_none=True)
+                    loss = -r.model.log_prob(x).mean()
+                    loss.backward()
+                    r.opt.step()
+                    return loss
+                with torch.no_grad():
+                    return r.model.log_prob(x) if what == "log_prob" else r.model.sample(len(x))
 
             for r in runs:  # warm-up
-                for _ in range(20):
+                for _ in range(20 if what == "train" else 2):
                     step(r)
             times = {r.lib: [] for r in runs}
             for i in range(args.profile_steps):
@@ -945,14 +1144,14 @@ def profile(args, log):
                     t0 = time.perf_counter()
                     step(r)
                     times[r.lib].append(1e3 * (time.perf_counter() - t0))
-            out.append(f"\n## {dataset} / {arch}: {args.profile_steps} steps per library, "
-                       "interleaved per step\n")
+            out.append(f"\n## {dataset} / {arch}, {what}: {args.profile_steps} calls per library, "
+                       f"interleaved per call, {torch.get_num_threads()} thread(s)\n")
             out.append("| library | min ms | p10 ms | median ms | aten ops / step | autograd nodes | "
-                       "self CPU ms / step (profiler) |")
+                       "self CPU ms / call (profiler) |")
             out.append("|---|---|---|---|---|---|---|")
             tables = {}
             for r in runs:
-                loss = -r.model.log_prob(x).mean()
+                loss = -r.model.log_prob(task["batches"][0]).mean()
                 nodes, seen, stack = 0, set(), [loss.grad_fn]
                 while stack:
                     fn = stack.pop()
@@ -978,17 +1177,17 @@ def profile(args, log):
             for r in runs:
                 if r.lib not in ("flowlib",) and r is not fastest_peer:
                     continue
-                out.append(f"\n### torch.profiler, {r.lib} ({dataset}/{arch}), 5 steps\n\n"
+                out.append(f"\n### torch.profiler, {r.lib} ({dataset}/{arch}, {what}), 5 calls\n\n"
                            f"```\n{tables[r.lib]}\n```")
                 pr = cProfile.Profile()
                 pr.enable()
-                for _ in range(50):
+                for _ in range(50 if what == "train" else 5):
                     step(r)
                 pr.disable()
                 buf = io.StringIO()
                 pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(18)
                 txt = "\n".join(line for line in buf.getvalue().splitlines() if line.strip())
-                out.append(f"\n### cProfile, {r.lib} ({dataset}/{arch}), 50 steps, by own time\n\n"
+                out.append(f"\n### cProfile, {r.lib} ({dataset}/{arch}, {what}), by own time\n\n"
                            f"```\n{txt}\n```")
             log(f"profiled {dataset}/{arch}")
     text = "\n".join(out) + "\n"

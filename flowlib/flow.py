@@ -40,13 +40,36 @@ class Flow(nn.Module):
     def event_shape(self):
         return getattr(self.base, "event_shape", None)
 
+    #: Rows per block when ``log_prob``/``sample`` run without autograd on a large batch of vectors (see
+    #: ``_blocks``); ``None`` switches the blocking off.
+    block_rows: int | None = 2048
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample log-density in nats, shape ``(batch,)``: equation (1)."""
         check_tensor(x, name="x", event_shape=self.event_shape)
         check_dtype(x, self, "x")
         self.transform._check_shape(tuple(x.shape), "x")  # shapes only: no second scan of x
-        z, logdet = self.transform._forward(x)  # validated once, here
+        blocks = self._blocks(x)
+        if blocks is not None:
+            return torch.cat([self._log_prob(b) for b in blocks])
+        return self._log_prob(x)
+
+    def _log_prob(self, x):
+        z, logdet = self.transform._forward(x)  # validated once, in log_prob
         return self.base.log_prob(z) + logdet
+
+    def _blocks(self, x):
+        """Without autograd, a large batch of wide vectors (``d >= 16``) through a stack of row-wise layers
+        (couplings, autoregressive layers, permutations) goes through in blocks of ``block_rows`` rows: each
+        block's activations stay in the CPU cache, which cut the time of ``log_prob`` and ``sample`` of 10,000
+        8x8 digits by a quarter (``benchmarks/RESULTS.md``). The rows do not interact, so the result is the
+        same; ``None`` where blocking does not apply."""
+        rows = self.block_rows
+        if rows is None or torch.is_grad_enabled() or x.dim() != 2 or x.shape[1] < 16 or x.shape[0] < 2 * rows:
+            return None
+        if not _rowwise(self.transform):
+            return None
+        return x.split(rows)
 
     def forward(self, x):
         return self.log_prob(x)
@@ -55,6 +78,9 @@ class Flow(nn.Module):
         """Draw ``n`` samples: ``z ~ p_Z``, ``x = f^{-1}(z)``."""
         check_int(n, "n")
         z = self.base.sample(n)
+        blocks = self._blocks(z)
+        if blocks is not None:
+            return torch.cat([self.transform._inverse(b)[0] for b in blocks])
         x, _ = self.transform._inverse(z)  # z comes from the base: already well formed
         return x
 
@@ -75,3 +101,18 @@ class Flow(nn.Module):
             if direction == "forward":
                 return t.forward(x, return_intermediates=True)[2]
             return t.inverse(x, return_intermediates=True)[2]
+
+
+def _rowwise(transform) -> bool:
+    """Whether ``transform`` maps every row of a batch on its own, with no state that a call changes (so that
+    splitting a batch into blocks cannot change the result): vector couplings with flowlib's ``MLP``, MADE
+    layers, permutations, and compositions of them."""
+    from flowlib.transforms.autoregressive import MAF
+    from flowlib.transforms.coupling import MLP, _Coupling
+    from flowlib.transforms.permutation import Permutation
+
+    if isinstance(transform, Compose):
+        return all(_rowwise(t) for t in transform.transforms)
+    if isinstance(transform, _Coupling):  # flowlib's own MLP: no batch statistics, whatever the mode
+        return not transform.image and type(transform.conditioner) is MLP
+    return isinstance(transform, (MAF, Permutation))  # IAF is a MAF subclass

@@ -185,3 +185,36 @@ def test_bad_inputs(cls):
         layer(torch.tensor([[0.0, float("nan"), 1.0]]))
     with pytest.raises(ValueError, match="floating-point"):
         layer(torch.ones(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("cls", [MAF, IAF])
+@pytest.mark.parametrize("order", ORDERS, ids=["natural", "reverse", "random", "tensor"])
+@pytest.mark.parametrize("hidden, bound", [((16,), 3.0), ((16, 16, 8), None), ((16, 16), 0.7)])
+def test_no_grad_fast_path_equals_the_autograd_path(cls, order, hidden, bound):
+    """Under ``torch.no_grad()`` MAF/IAF take a fast path (masks applied once, in-place kernels, rank-1 updates in
+    the sequential direction); it must compute the same map, inverse and log-dets as the autograd path."""
+    layer = perturb(cls(D, hidden=hidden, order=order, seed=3, scale_bound=bound)).double()
+    x = data()
+    z, ld = layer(x)  # parameters require grad: the autograd path
+    x_back, ld_inv = layer.inverse(z)
+    assert z.requires_grad and x_back.requires_grad
+    with torch.no_grad():
+        z_fast, ld_fast = layer(x)
+        x_fast, ld_inv_fast = layer.inverse(z)
+    for a, b in ((z, z_fast), (ld, ld_fast), (x_back, x_fast), (ld_inv, ld_inv_fast)):
+        assert torch.allclose(a.detach(), b, rtol=0, atol=1e-12), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("cls, n_forward, n_inverse", [(MAF, 1, D), (IAF, D, 1)])
+def test_no_grad_path_makes_the_documented_made_passes(cls, n_forward, n_inverse):
+    """The no-grad path (``Flow.log_prob``/``sample`` under ``torch.no_grad()``) goes through ``MADE.__call__``
+    as often as the documented cost says (chapter 5 counts the passes with a forward hook)."""
+    layer = cls(D, hidden=(8,))
+    calls = []
+    layer.made.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        z, _ = layer(data(dtype=torch.float32))
+        assert len(calls) == n_forward
+        calls.clear()
+        layer.inverse(z)
+    assert len(calls) == n_inverse

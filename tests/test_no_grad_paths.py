@@ -1,0 +1,98 @@
+"""The no-grad fast paths of ``AffineCoupling`` (``Flow.log_prob`` and ``sample`` under ``torch.no_grad()``) compute
+exactly what the autograd path computes, and are taken where they apply."""
+
+import pytest
+import torch
+from torch import nn
+
+from flowlib.models import realnvp
+from flowlib.testing import check_transform, perturb_parameters
+from flowlib.transforms.coupling import MLP, AffineCoupling, alternating_mask, half_mask
+
+
+def _data(d, n=7, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AffineCoupling(half_mask(5), (16, 16)),
+        lambda: AffineCoupling(half_mask(5, first=False), (16,), scale_bound=0.5),
+        lambda: AffineCoupling(alternating_mask(6, 1), (16, 16, 16)),
+        lambda: AffineCoupling(half_mask(4), MLP(2, 4, (8,), activation=nn.Tanh)),
+    ],
+    ids=["half", "half-second-bound", "alternating", "tanh-mlp"],
+)
+def test_affine_coupling_no_grad_equals_autograd(make):
+    layer = perturb_parameters(make(), scale=0.5, seed=1).double()
+    assert layer._fast
+    x = _data(layer.event_shape[0])
+    z, ld = layer(x)
+    x_back, ld_inv = layer.inverse(z)
+    assert z.requires_grad
+    with torch.no_grad():
+        z_fast, ld_fast = layer(x)
+        x_fast, ld_inv_fast = layer.inverse(z)
+    for a, b in ((z, z_fast), (ld, ld_fast), (x_back, x_fast), (ld_inv, ld_inv_fast)):
+        assert torch.allclose(a.detach(), b, rtol=0, atol=1e-12), (a - b).abs().max()
+    check_transform(layer, x)  # round trip on the fast path, log-det against the autograd Jacobian
+
+
+def test_fast_path_only_for_flowlibs_mlp_in_split_mode():
+    assert not AffineCoupling(half_mask(4), nn.Linear(2, 4))._fast  # any module: the general path
+    seq = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4))
+    assert not AffineCoupling(half_mask(4), seq)._fast
+
+
+def test_realnvp_log_prob_and_sample_same_with_and_without_grad():
+    flow = perturb_parameters(realnvp(4, num_layers=4, hidden=(16, 16)), scale=0.3).double()
+    x = _data(4)
+    lp = flow.log_prob(x)
+    with torch.no_grad():
+        lp_fast = flow.log_prob(x)
+        torch.manual_seed(0)
+        s_fast = flow.sample(5)
+    torch.manual_seed(0)
+    s = flow.sample(5)
+    assert torch.allclose(lp.detach(), lp_fast, rtol=0, atol=1e-12)
+    assert torch.allclose(s.detach(), s_fast, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("builder", ["realnvp", "maf", "iaf"])
+def test_blocked_no_grad_log_prob_and_sample_equal_the_whole_batch(builder):
+    """``Flow`` evaluates large no-grad batches of wide vectors in blocks of ``block_rows`` rows (cache-sized); the
+    result is the one of the whole batch."""
+    from flowlib.transforms.autoregressive import iaf, maf
+
+    make = {"realnvp": lambda: realnvp(16, num_layers=2, hidden=(8,)), "maf": lambda: maf(16, 2, (8,)),
+            "iaf": lambda: iaf(16, 2, (8,))}[builder]
+    flow = perturb_parameters(make(), scale=0.2).double()
+    x = _data(16, n=50)
+    flow.block_rows = 8
+    with torch.no_grad():
+        assert flow._blocks(x) is not None and len(flow._blocks(x)) == 7
+        lp = flow.log_prob(x)
+        torch.manual_seed(3)
+        s = flow.sample(50)
+    flow.block_rows = None
+    with torch.no_grad():
+        assert flow._blocks(x) is None
+        lp_whole = flow.log_prob(x)
+        torch.manual_seed(3)
+        s_whole = flow.sample(50)
+    assert torch.allclose(lp, lp_whole, rtol=0, atol=1e-12) and torch.allclose(s, s_whole, rtol=0, atol=1e-12)
+
+
+def test_no_blocks_with_autograd_narrow_data_or_stateful_layers():
+    from flowlib import Flow
+    from flowlib.distributions import StandardNormal
+    from flowlib.transforms.actnorm import ActNorm
+
+    flow = realnvp(16, num_layers=2, hidden=(8,))
+    x = torch.randn(5000, 16)
+    assert flow._blocks(x) is None  # autograd on
+    with torch.no_grad():
+        assert flow._blocks(x) is not None
+        assert realnvp(2)._blocks(torch.randn(5000, 2)) is None  # narrow: no gain measured
+        assert Flow([ActNorm(16)], StandardNormal(16))._blocks(x) is None  # data-dependent initialisation
