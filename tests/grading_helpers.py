@@ -213,6 +213,26 @@ _try("write_solutions", lambda: open({sol!r}, "a").write(" "))
 # the interpreter may live under a home directory (pyenv): it is the only thing exposed there
 _try("home_dir", lambda: [n for n in _os.listdir("/root") if n != ".pyenv"] or 1 / 0)
 _try("network_loopback", lambda: _socket.create_connection(("127.0.0.1", 22), timeout=1))
+# issue 20: the kernel's own folder (its sockets) is no host disk: 2 MiB do not fit; the sandbox's command line
+# (mounts, host paths, limits) is not readable from inside
+def _fill_kernel_folder():
+    import sys as _sys
+    folder = _os.path.join(_os.path.dirname([a for a in _sys.argv if a.endswith(".json")][0]), "sock")
+    path = _os.path.join(folder, "fill")
+    try:
+        with open(path, "wb") as fh:
+            for _ in range(2 * 16):
+                fh.write(b"x" * 65536)
+                fh.flush()
+        return _os.path.getsize(path)
+    finally:
+        if _os.path.exists(path):
+            _os.remove(path)
+_try("write_kernel_folder_big", _fill_kernel_folder)
+_try("write_kernel_private_folder", lambda: open(_os.path.join(_os.path.dirname(
+    [a for a in __import__("sys").argv if a.endswith(".json")][0]), "x"), "w").write("x"))
+_try("sandbox_command_line", lambda: [a for a in open("/proc/1/cmdline", "rb").read().split(b"\\0")
+                                      if a in (b"--ro-bind", b"--bind", b"--setenv", b"--size", b"--tmpfs")] or 1 / 0)
 _try("network_gradebook", lambda: _socket.create_connection(("127.0.0.1", {port}), timeout=1))
 _try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in {secret_words!r})] or 1 / 0)
 _try("plant_symlink_to_gradebook", lambda: _os.symlink({gradebook!r}, {nb_name!r} + ".tmp"))
@@ -237,6 +257,9 @@ print("SANDBOX-REPORT " + _json.dumps(_report))
 
 
 MUST_BE_DENIED = [
+    "write_kernel_folder_big",
+    "write_kernel_private_folder",
+    "sandbox_command_line",
     "read_shadow",
     "runs_as_root",
     "other_clone_solutions",
