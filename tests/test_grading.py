@@ -353,7 +353,9 @@ def test_feedback_shows_only_verdicts_and_is_safe(batch):
         scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
         assert not any("PWNED" in js or H.LEAK_MARKER in js for js in scripts), f
         assert not re.search(r"<[^>]+\son\w+\s*=", text.split("</head>", 1)[1]), f  # no event handlers
-        assert "javascript:" not in text.split("</head>", 1)[1], f
+        # no script URL in a link or a source (honest text such as "javascript: a language" stays as written)
+        assert not re.search(r"(href|src|action)\s*=\s*[\"']?\s*(javascript|vbscript)\s*:",
+                             text.split("</head>", 1)[1], re.I), f
         assert "graded cell" in text and "what it checks" in text  # the score table
         assert "pre-wrap" in text  # long lines wrap
     good = [f for f in html_files if f"{os.sep}good{os.sep}" in f]
