@@ -713,6 +713,11 @@ class SandboxedExecute(Execute):
         t0 = time.monotonic()
         try:
             out = super().preprocess_cell(cell, resources, index)
+        except RecursionError:
+            # an output nbclient could not convert, past the depth check in ``output``: this cell only
+            self._add_limit(f"output nesting ({MAX_OUTPUT_DEPTH} levels)")
+            cell.outputs = [_error_output("OutputDropped", "an output of this cell was nested too deep to keep")]
+            return cell, resources
         except CellTimeoutError:
             # interrupted after the cell timeout, but the kernel never went idle (SIGINT ignored, C loop)
             self._kernel_dead = True
