@@ -537,14 +537,44 @@ def _informative_rows(t: torch.Tensor) -> torch.Tensor:
     return rows[keep]
 
 
-def _shares_a_value(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether tensor ``a`` equals tensor ``b``, or a row of one equals a row of the other (to ~1e-6)."""
-    ra, rb = _informative_rows(a), _informative_rows(b)
-    if ra.numel() == 0 or rb.numel() == 0 or ra.shape[1] != rb.shape[1]:
-        return False
-    scale = 1.0 + max(float(ra.abs().max()), float(rb.abs().max()))
-    dist = torch.cdist(ra, rb, p=float("inf"))
-    return bool((dist <= _FRESH_RTOL * scale).any())
+class _Seen:
+    """Every informative row seen so far, grouped by row width, with where it came from (one cdist per lookup)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[torch.Tensor]] = {}
+        self.owner: dict[int, list[int]] = {}
+        self.labels: list[tuple[str, object]] = []
+        self._cat: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, t: torch.Tensor, what: str, group: object) -> None:
+        rows = _informative_rows(t)
+        if rows.numel() == 0:
+            return
+        w = rows.shape[1]
+        self.labels.append((what, group))
+        self.rows.setdefault(w, []).append(rows)
+        self.owner.setdefault(w, []).append(len(self.labels) - 1)
+        self._cat.pop(w, None)
+
+    def find(self, t: torch.Tensor, skip_group: object = None) -> str | None:
+        """What earlier call received or produced a row of ``t`` (to ~1e-6), or None."""
+        rows = _informative_rows(t)
+        if rows.numel() == 0 or rows.shape[1] not in self.rows:
+            return None
+        w = rows.shape[1]
+        if w not in self._cat:
+            parts = self.rows[w]
+            owner = torch.cat([torch.full((p.shape[0],), k) for p, k in zip(parts, self.owner[w])])
+            every = torch.cat(parts)
+            self._cat[w] = (every, owner, every.abs().amax(1))
+        every, owner, scale = self._cat[w]
+        tol = _FRESH_RTOL * (1.0 + torch.maximum(rows.abs().amax(1)[:, None], scale[None, :]))
+        hit = torch.cdist(rows, every, p=float("inf")) <= tol
+        for k in owner[hit.any(0)].unique().tolist():
+            what, group = self.labels[k]
+            if skip_group is None or group != skip_group:
+                return what
+        return None
 
 
 def _float_tensors(value: Any) -> list[torch.Tensor]:
@@ -564,7 +594,7 @@ def fresh_input_violations(checks: Checks, recorded: dict[str, list[list[_Call]]
     Without ``results`` (at record time, before any kernel ran) only the inputs are compared; with the results
     of a correct notebook (``selftest`` of the solution) a later input is also compared with every earlier output.
     """
-    seen: list[tuple[str, object, torch.Tensor]] = []  # (what, group, value) of every earlier input and output
+    seen = _Seen()
     problems = []
     for gid, per_case in recorded.items():
         for k, calls in enumerate(per_case):
@@ -578,19 +608,17 @@ def fresh_input_violations(checks: Checks, recorded: dict[str, list[list[_Call]]
                     problems.append(f"{where}: call {i} ({call.name}) takes an earlier result; declare the check "
                                     "@checks.cell(..., chaining=\"why\") if it is about chaining")
                 for t in call.tensors:
-                    for what, other_group, value in seen:
-                        if case.chaining is not None and other_group == group:
-                            continue
-                        if _shares_a_value(t, value):
-                            problems.append(f"{where}: call {i} ({call.name}) receives a value that {what} "
-                                            "(a memoising answer could look it up): use fresh inputs")
-                            break
+                    what = seen.find(t, skip_group=group if case.chaining is not None else None)
+                    if what is not None:
+                        problems.append(f"{where}: call {i} ({call.name}) receives a value that {what} "
+                                        "(a memoising answer could look it up): use fresh inputs")
+                        break
                 for t in call.tensors:
-                    seen.append((f"call {i} of {where} received", group, t))
+                    seen.add(t, f"call {i} of {where} received", group)
                 res = case_results[i] if isinstance(case_results, list) and i < len(case_results) else None
                 if isinstance(res, dict) and "value" in res:
                     for t in _float_tensors(decode(res["value"])):
-                        seen.append((f"call {i} ({call.name}) of {where} returned", group, t))
+                        seen.add(t, f"call {i} ({call.name}) of {where} returned", group)
     return problems
 
 
@@ -641,6 +669,9 @@ def load_checks(source_assignment_dir: str | Path) -> Checks | None:
     checks = getattr(module, "checks", None)
     if not isinstance(checks, Checks):
         raise AuthorError(f"{path} must define `checks = Checks(...)`")
+    import hashlib
+
+    checks.source_hash = hashlib.sha256(path.read_bytes()).hexdigest()
     return checks
 
 
@@ -662,11 +693,18 @@ def validate(nb: Any, checks: Checks) -> None:
                           f"checks for cells that do not exist {unknown}")
 
 
+_FRESH_CHECKED: set = set()
+
+
 def instrument(nb: Any, checks: Checks, nonce: str) -> dict[str, list[list[_Call]]]:
     """Replace each graded code cell's source by a probe of the recorded calls. Returns what was recorded."""
     validate(nb, checks)
     recorded = {gid: checks.record(gid) for _, _, gid in graded_code_cells(nb)}
-    check_fresh_inputs(checks, recorded)
+    key = (checks.assignment, getattr(checks, "source_hash", None), tuple(recorded))
+    if key not in _FRESH_CHECKED:  # the rule depends on the checks only: once per process and version
+        check_fresh_inputs(checks, recorded)
+        if key[1] is not None:
+            _FRESH_CHECKED.add(key)
     for _, cell, gid in graded_code_cells(nb):
         spec = {"nonce": nonce, "cell": gid, "cases": [[c.spec() for c in calls] for calls in recorded[gid]]}
         cell.source = probe_source(spec)

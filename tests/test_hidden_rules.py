@@ -220,3 +220,27 @@ def test_output_depth_is_measured_without_recursion():
     for _ in range(100_000):
         deep = [deep]
     assert _deeper_than(deep, 64) and not _deeper_than({"a": [[1, 2], {"b": "c"}]}, 64)
+
+
+def test_instrument_refuses_checks_that_feed_an_earlier_value():
+    """What the grader runs on every submission: an assignment whose checks break the rule is not graded."""
+    import nbformat
+
+    checks = Checks("toy_instrument")
+    x = _x(10, 4, 3)
+
+    @checks.cell("q1")
+    def forward(student):
+        student.forward(x)
+
+    @checks.cell("q2")
+    def again(student):
+        student.inverse(x.clone())
+
+    nb = nbformat.v4.new_notebook()
+    for gid in ("q1", "q2"):
+        cell = nbformat.v4.new_code_cell(f'check("{gid}")')
+        cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": gid, "points": 1}
+        nb.cells.append(cell)
+    with pytest.raises(AuthorError, match=r"toy_instrument: hidden checks that feed a value to a later call"):
+        hidden.instrument(nb, checks, "n0")
