@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -143,7 +144,7 @@ def notebooks_of(assignment: str) -> list[str]:
 
 def preflight(assignment: str, student: str | None) -> Preflight:
     """Look at every submission before nbgrader does; nothing here may raise for a student's file."""
-    from course_tools.validate import bad_name, inspect_notebook
+    from course_tools.validate import bad_name, escape, inspect_notebook
 
     pf = Preflight()
     sub = os.path.join(work_dir(), "submitted")
@@ -198,8 +199,8 @@ def preflight(assignment: str, student: str | None) -> Preflight:
             extra = []
         if extra:
             pf.problems.append(
-                Problem(s, f"extra files ignored by the grader (never seen by the kernel): {', '.join(extra[:5])}",
-                        "INFO")
+                Problem(s, f"extra files ignored by the grader (never seen by the kernel), {len(extra)}: "
+                           + ", ".join(escape(x) for x in extra), "INFO")
             )
     return pf
 
@@ -239,6 +240,8 @@ def cell_problems(assignment: str, student: str) -> list[str]:
                 out.append(f"{nb}/{gid}: the kernel died here (os._exit/crash/limit); this and later cells scored 0")
             else:
                 out.append(f"{nb}/{gid}: the kernel ignored the interrupt and was killed (kernel died)")
+        for gid, why in sorted((rec.get("malformed") or {}).items()):
+            out.append(f"{nb}/{gid}: malformed results ({why}); this cell scored 0")
         for gid in rec.get("interrupted", []):
             out.append(f"{nb}/{gid}: the student's code raised KeyboardInterrupt itself (not a timeout)")
         path = os.path.join(work_dir(), "autograded", student, assignment, nb + ".ipynb")
@@ -406,17 +409,114 @@ def cmd_autograde(assignment: str, student: str | None, force: bool = True, shar
 
 
 # ------------------------------------------------------------------------------------------------ others
-def cmd_feedback(assignment: str, student: str | None) -> None:
+def _feedback_pages(assignment: str, student: str) -> list[str]:
+    folder = os.path.join(work_dir(), "feedback", student, assignment)
+    try:
+        return sorted(f for f in os.listdir(folder) if f.endswith(".html"))
+    except OSError:
+        return []
+
+
+def _why_failed(stderr: str) -> str:
+    """The last error line nbgrader logged (e.g. ``InvalidNotebook: missing attachment``), for the report."""
+    from course_tools.validate import escape
+
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.search(r"(Error|Exception|Invalid\w*|missing)\b", ln)]
+    return escape((errors or lines or ["unknown error"])[-1])[:300]
+
+
+def cmd_feedback(assignment: str, student: str | None) -> int:
+    """Generate and release every student's feedback page. One student's failure never stops the others: their
+    pages are made and released, and the report names each page that was not made and why (exit 1)."""
+    from course_tools.validate import bad_name, escape
+
+    if student and bad_name(student):
+        print(f"feedback {escape(student)}/{assignment}: REFUSED (the student id {bad_name(student)})")
+        return 1
     extra = ["--student", student] if student else []
-    nbgrader("generate_feedback", assignment, "--force", *extra, quiet=True)
-    fb = os.path.join(work_dir(), "feedback")
-    students = [student] if student else sorted(os.listdir(fb)) if os.path.isdir(fb) else []
+    first = nbgrader("generate_feedback", assignment, "--force", *extra, quiet=True, check=False)
+    graded = os.path.join(work_dir(), "autograded")
+    students = [student] if student else sorted(os.listdir(graded)) if os.path.isdir(graded) else []
+    status, made, not_made = 0, 0, []
     for s in students:
-        if os.path.isdir(os.path.join(fb, s, assignment)):
-            # --student per student: release_feedback needs it for submissions copied in by hand
-            r = nbgrader("release_feedback", assignment, "--student", s, check=False, quiet=True)
-            ok = "released" if r.returncode == 0 else "generated (not released: no exchange submission)"
-            print(f"feedback {s}/{assignment}: {ok}")
+        if not os.path.isdir(os.path.join(graded, s, assignment)):
+            continue
+        if bad_name(s):
+            print(f"feedback {escape(s)}/{assignment}: REFUSED (the student id {bad_name(s)}; rename the folder)")
+            not_made.append(s)
+            continue
+        if not _feedback_pages(assignment, s):
+            # the batch stopped at someone, or this page failed: try this student alone, to learn why
+            alone = first if student else nbgrader(
+                "generate_feedback", assignment, "--force", "--student", s, quiet=True, check=False
+            )
+            if not _feedback_pages(assignment, s):
+                print(f"feedback {escape(s)}/{assignment}: NOT MADE ({_why_failed(alone.stderr)})")
+                not_made.append(s)
+                continue
+        made += 1
+        # --student per student: release_feedback needs it for submissions copied in by hand
+        r = nbgrader("release_feedback", assignment, "--student", s, check=False, quiet=True)
+        ok = "released" if r.returncode == 0 else "generated (not released: no exchange submission)"
+        print(f"feedback {escape(s)}/{assignment}: {ok}")
+    if not_made:
+        status = 1
+        print(f"feedback for {assignment}: {made} page(s) made, NOT MADE for {len(not_made)}: "
+              + ", ".join(escape(s) for s in not_made[:20]))
+    return status
+
+
+def regrading_needed(assignment: str, student: str) -> str | None:
+    """Why the gradebook's grade of this submission is not current (the last grading failed, the checks broke,
+    or the autograded notebook behind it is gone), or None."""
+    from course_tools.records import read_record
+
+    try:
+        names = notebooks_of(assignment)
+    except OSError:
+        return None
+    for nb in names:
+        rec = read_record(assignment, student, nb)
+        if rec is None:
+            continue
+        if rec.get("status") != "graded":
+            return rec.get("infrastructure") or f"the last grading stopped ({rec.get('status')})"
+        if rec.get("author_errors"):
+            return "the hidden checks failed (grader error)"
+        if not os.path.isfile(os.path.join(work_dir(), "autograded", student, assignment, nb + ".ipynb")):
+            return "the autograded notebook is missing"
+    return None
+
+
+def cmd_export(dest: str) -> int:
+    """nbgrader's CSV export, plus a ``status`` column: a submission whose last grading failed is exported as
+    ``needs regrading`` with an empty score, never with the old number."""
+    import csv
+
+    nbgrader("export", f"--to={dest}", quiet=True)
+    with open(dest, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+        fields = list(rows[0].keys()) if rows else []
+    stale = 0
+    for row in rows:
+        why = regrading_needed(row.get("assignment", ""), row.get("student_id", "")) if row else None
+        row["status"] = "needs regrading" if why else "current"
+        if why:
+            stale += 1
+            for key in ("raw_score", "score", "late_submission_penalty"):
+                if key in row:
+                    row[key] = ""
+    if rows:
+        with open(dest + ".tmp", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*fields, "status"])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(dest + ".tmp", dest)
+    print(f"grades written to {dest}")
+    if stale:
+        print(f"  {stale} submission(s) exported as 'needs regrading' (empty score): grade them again")
+    return 0
 
 
 def cmd_collect(assignment: str, student: str | None) -> int:
@@ -534,10 +634,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_autograde_parallel(ns.assignment, ns.jobs, force=not ns.no_force)
         return cmd_autograde(ns.assignment, ns.student, force=not ns.no_force, shard=ns.shard)
     elif ns.cmd == "feedback":
-        cmd_feedback(ns.assignment, ns.student)
+        return cmd_feedback(ns.assignment, ns.student)
     elif ns.cmd == "export":
-        nbgrader("export", f"--to={os.path.abspath(ns.to)}", quiet=True)
-        print(f"grades written to {os.path.abspath(ns.to)}")
+        return cmd_export(os.path.abspath(ns.to))
     elif ns.cmd == "status":
         cmd_status()
     elif ns.cmd == "publish-student":

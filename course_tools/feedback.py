@@ -67,21 +67,117 @@ _DANGEROUS_TAGS = r"script|iframe|frame|frameset|object|embed|applet|style|link|
     r"textarea|select|svg|math|template|noscript|xml|portal"
 
 
+_SCHEME = re.compile(r"(?i)\b(javascript|vbscript|data)(\s*):")
+_SAFE_IMAGE = re.compile(r"(?i)data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=]+")
+_TAG = re.compile(r"<[A-Za-z][^<>]*>?")
+_LINK_TARGET = re.compile(r"(\]\(\s*<?|^\s{0,3}\[[^\]]+\]:\s*<?)([^)\s>]*)", re.M)
+# a safe subset of CSS in a student's inline style: colours, fonts, borders, spacing that is not negative.
+# Nothing that positions, transforms, layers or sizes a box (no fake score table drawn over the real one).
+_CSS_ALLOWED = {
+    "color", "background-color", "font-weight", "font-style", "font-family", "font-size", "text-decoration",
+    "text-align", "border", "border-color", "border-style", "border-width", "border-radius", "padding",
+    "margin", "vertical-align",
+}
+_CSS_VALUE = re.compile(r"^[#\w\s.,%'\"()-]*$")
+
+
+def safe_css(style: str) -> str:
+    """Keep only the allowed declarations of an inline style (see ``_CSS_ALLOWED``); drop the rest."""
+    kept = []
+    for decl in html.unescape(style).split(";"):
+        prop, sep, value = decl.partition(":")
+        prop, value = prop.strip().lower(), value.strip()
+        if not sep or prop not in _CSS_ALLOWED or not _CSS_VALUE.match(value) or not value:
+            continue
+        low = value.lower()
+        if re.search(r"url|expression|var\(|calc\(|!|-\s*[\d.]", low):  # no loading, no negative spacing
+            continue
+        kept.append(f"{prop}: {value}")
+    return "; ".join(kept)
+
+
+def _block_schemes(text: str, allow_images: bool) -> str:
+    def repl(m: re.Match) -> str:
+        if allow_images and _SAFE_IMAGE.match(text, m.start()):
+            return m.group(0)
+        return f"{m.group(1)}-blocked{m.group(2)}:"
+
+    return _SCHEME.sub(repl, text)
+
+
+def _sanitize_tag(tag: str) -> str:
+    """One HTML tag: event handlers and script URLs neutralised, inline style cut to the safe subset."""
+    if re.search(r"(?i)\son\w+\s*=|(javascript|vbscript)\s*:", html.unescape(tag)) and not re.search(
+        r"(?i)\son\w+\s*=|(javascript|vbscript)\s*:", tag
+    ):
+        return html.escape(tag)  # hidden behind character references: show it as text
+    tag = re.sub(r"(?i)(\s)on\w+\s*=", r"\1data-removed=", tag)
+    tag = _block_schemes(tag, allow_images=True)
+
+    def style(m: re.Match) -> str:
+        css = safe_css(m.group(2) if m.group(2) is not None else m.group(3))
+        return f'{m.group(1)}style="{html.escape(css)}"' if css else m.group(1).rstrip() + " "
+
+    return re.sub(r"""(?i)(\s)style\s*=\s*(?:"([^"]*)"|'([^']*)')""", style, tag)
+
+
 def sanitize_markdown(text: str) -> str:
+    """Neutralise what could run or cover the page in a markdown cell; leave the rest of the text as written.
+
+    Dangerous tags are shown as text; inside the remaining HTML tags, event handlers become ``data-removed=``,
+    ``javascript:``/``vbscript:``/``data:`` URLs are blocked (except inline images) and inline styles keep only
+    a safe subset of CSS; markdown link targets get the same URL rule. Text outside tags and links (``one = 1``,
+    ``data: the training set``) is not touched. The page's Content-Security-Policy stops anything missed."""
     text = re.sub(rf"<\s*/?\s*({_DANGEROUS_TAGS})\b[^>]*>", lambda m: html.escape(m.group(0)), text, flags=re.I)
-    text = re.sub(r"\son\w+\s*=", " data-removed=", text, flags=re.I)
-    text = re.sub(r"(?i)(javascript|vbscript|data)\s*:", r"\1-blocked:", text)
-    return text
+    text = _TAG.sub(lambda m: _sanitize_tag(m.group(0)), text)
+    return _LINK_TARGET.sub(lambda m: m.group(1) + _block_schemes(m.group(2), allow_images=True), text)
+
+
+_IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+MAX_ATTACHMENT_BYTES = 2 * 2**20
+
+
+def inline_attachments(cell) -> None:
+    """Pasted images (``attachment:name``) become ``data:`` URIs; any other reference to an attachment (missing,
+    not an image, too large, malformed) is replaced by a note. nbconvert refuses a notebook whose markdown
+    refers to an attachment the cell does not carry, so no reference may survive without one."""
+    attachments = cell.get("attachments") or {}
+
+    def uri(name: str) -> str | None:
+        bundle = attachments.get(name) if isinstance(attachments, dict) else None
+        if not isinstance(bundle, dict):
+            return None
+        for mime in _IMAGE_TYPES:
+            data = bundle.get(mime)
+            if isinstance(data, list):
+                data = "".join(x for x in data if isinstance(x, str))
+            if isinstance(data, str):
+                data = re.sub(r"\s+", "", data)
+                if len(data) <= MAX_ATTACHMENT_BYTES and re.fullmatch(r"[A-Za-z0-9+/=]*", data):
+                    return f"data:{mime};base64,{data}"
+        return None
+
+    def image(m: re.Match) -> str:
+        found = uri(m.group(2))
+        return f"![{m.group(1)}]({found})" if found else f"*(attachment {html.escape(m.group(2))} not shown)*"
+
+    text = re.sub(r"!\[([^\]]*)\]\(\s*<?attachment:([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", image, cell.source)
+    text = re.sub(r"(?i)attachment:([^\s)\"'>]+)",
+                  lambda m: uri(m.group(1)) or f"(attachment {html.escape(m.group(1))} not shown)", text)
+    cell.source = text
+    cell.pop("attachments", None)
 
 
 class SanitizeMarkdown(NbGraderPreprocessor):
     def preprocess_cell(self, cell, resources, cell_index):
         if cell.cell_type in ("markdown", "raw"):
             cell.source = sanitize_markdown(cell.source)
+            if cell.cell_type == "markdown":
+                inline_attachments(cell)  # after sanitising: the data: URIs it writes are images by construction
             cell.pop("attachments", None)
         if cell.cell_type == "raw":
             cell.cell_type = "markdown"
-            cell.source = "```\n" + cell.source.replace("```", "'''") + "\n```"
+            cell.source = "```\n" + cell.source.replace("```", "\'\'\'") + "\n```"
         return cell, resources
 
 

@@ -74,6 +74,9 @@ class JudgeHiddenChecks(NbGraderPreprocessor):
                 cell.source = state["originals"][gid][0]
         rec = resources.setdefault("course_grading", {})
         rec["verdicts"] = {gid: {"passed": v.passed, "author_error": v.author_error} for gid, v in verdicts.items()}
+        malformed = {gid: v.malformed for gid, v in verdicts.items() if v.malformed}
+        if malformed:
+            rec["malformed"] = malformed
         bad = [gid for gid, v in verdicts.items() if v.author_error]
         if bad:
             rec["author_errors"] = bad

@@ -33,8 +33,9 @@ placeholder; the recorded calls become the probe. After the kernel has executed 
 again in *replay* mode: the same calls (they must be deterministic: seed every input) return the student's
 results, decoded from the probe's output. Hence the one rule: **make every call to the student's code before
 using any of its results** (pass a result on to another student call as ``student.g(out[0])``: that is allowed,
-the probe resolves it in the kernel). ``python -m course_tools.hidden selftest <assignment>`` runs a notebook this
-way (no sandbox) and prints each cell's verdict; the grading tests do the same for every assignment.
+the probe resolves it in the kernel, and the check must be declared ``chaining="why"``).
+``python -m course_tools.hidden selftest <assignment>`` runs a notebook this way (no sandbox) and prints each
+cell's verdict; the grading tests do the same for every assignment.
 
 What a call may take: tensors (any real dtype; up to 200,000 elements), Python numbers, bools, None, strings,
 lists/tuples/dicts of those, ``Generator(seed)`` (a fresh ``torch.Generator().manual_seed(seed)`` in the kernel),
@@ -43,8 +44,19 @@ lists/tuples/dicts of those, ``Generator(seed)`` (a fresh ``torch.Generator().ma
 grader's copy) and the results of earlier calls. What comes back: the same plain types; anything else arrives as
 an ``Opaque`` with its type name. A call that raised comes back as ``StudentRaised`` (uncaught, it fails the check
 with the student's error message; catch an expected one with ``with raises(ValueError):``).
-``student.jacobian(name, x, *args, out=0)`` returns the autograd Jacobian of the student's function with respect
-to its first argument, computed in the kernel.
+
+Two rules keep a result from being looked up or forged (issue 20; both are enforced, see below):
+
+* **fresh inputs**: the kernel keeps its state between test cells, so a student's function can remember every
+  value it saw. No call may receive a floating-point value (a tensor or one of its rows) that an earlier call of
+  the assignment received or produced, unless its check is declared ``@checks.cell(gid, chaining="why")`` (a
+  round trip, a sweep of one argument over the same input), and then only values of that check's own calls.
+  ``instrument`` refuses a violation among the inputs (``AuthorError``); ``selftest`` of the solution also
+  compares every input with every earlier output. A property check (round trip, log-det of the inverse,
+  Jacobian pattern) always comes with a value check on fresh inputs.
+* **nothing derived is computed by the student's kernel**: a Jacobian, log-det or other quantity a check uses is
+  computed here, from the student's returned values (``central_differences`` / ``jacobian_from_differences``)
+  or from the reference map. (``student.jacobian`` was removed: patched autograd in the kernel forged it.)
 """
 
 from __future__ import annotations
@@ -104,6 +116,7 @@ class Verdict:
     passed: bool
     messages: list[str] = field(default_factory=list)
     author_error: bool = False  # True: the checks are broken; the instructor must fix and regrade
+    malformed: str = ""  # why the cell's results could not be read (the cell fails; the instructor is told)
 
 
 def fail(message: str) -> None:
@@ -269,14 +282,31 @@ for _dunder in (
 
 @dataclass
 class _Call:
-    op: str  # "call" or "jacobian"
+    op: str  # "call" (the only one: derived quantities such as Jacobians are computed in the grader)
     name: str
     args: list
     kwargs: dict
     out: int | None = None
+    tensors: list = field(default_factory=list, repr=False, compare=False)  # floating-point inputs, for the rule
+    chained: bool = field(default=False, compare=False)  # takes an earlier result (a ``$ref``)
 
     def spec(self) -> dict:
         return {"op": self.op, "name": self.name, "args": self.args, "kwargs": self.kwargs, "out": self.out}
+
+
+def _collect_inputs(value: Any, call: _Call) -> None:
+    """The floating-point tensors an input carries (nested in lists, tuples, dicts) and whether it chains."""
+    if isinstance(value, _Pending):
+        call.chained = True
+    elif isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            call.tensors.append(value.detach().clone())
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _collect_inputs(v, call)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _collect_inputs(v, call)
 
 
 class Student:
@@ -295,12 +325,18 @@ class Student:
         """Same as ``student.<name>(...)``, for names that are not identifiers or start with ``_``."""
         return self._call("call", name, args, kwargs, None)
 
-    def jacobian(self, name: str, x: Any, *args: Any, out: int | None = None, **kwargs: Any) -> Any:
-        """The autograd Jacobian of ``name(x, *args)`` (of its ``out``-th output) with respect to ``x``."""
-        return self._call("jacobian", name, (x, *args), kwargs, out)
+    def jacobian(self, *_a: Any, **_k: Any) -> Any:
+        """Removed: a Jacobian computed in the student's kernel can be forged (patched autograd)."""
+        raise AuthorError(
+            "student.jacobian was removed: compute derived quantities in the grader, from the student's returned "
+            "values (finite_difference_jacobian) or from the reference map"
+        )
 
     def _call(self, op: str, name: str, args: tuple, kwargs: dict, out: int | None) -> Any:
         call = _Call(op, name, [encode(a) for a in args], {k: encode(v) for k, v in kwargs.items()}, out)
+        call.tensors, call.chained = [], False
+        for value in (*args, *kwargs.values()):
+            _collect_inputs(value, call)
         index = len(self._calls)
         self._calls.append(call)
         if self._mode == "record":
@@ -403,6 +439,7 @@ def expect_close(got: Any, want: Any, message: str, rtol: float = 1e-7, atol: fl
 class _Case:
     grade_id: str
     func: Callable[[Student], None]
+    chaining: str | None = None  # why this check passes values between its own calls (None: it does not)
 
 
 class Checks:
@@ -412,11 +449,18 @@ class Checks:
         self.assignment = assignment
         self.cases: dict[str, list[_Case]] = {}
 
-    def cell(self, grade_id: str) -> Callable:
-        """Register a check function deciding the test cell ``grade_id`` (several per cell: all must pass)."""
+    def cell(self, grade_id: str, chaining: str | None = None) -> Callable:
+        """Register a check function deciding the test cell ``grade_id`` (several per cell: all must pass).
+
+        ``chaining="why"`` declares a check that is *about* chaining (a round trip, two calls that must agree):
+        its calls may receive values its own earlier calls received or produced. Without it, no call may
+        receive a value that any earlier call of the assignment received or produced (see ``fresh_inputs``).
+        """
+        if chaining is not None and not (isinstance(chaining, str) and chaining.strip()):
+            raise AuthorError(f"{grade_id}: chaining= must say why the check reuses values (a sentence)")
 
         def deco(func: Callable[[Student], None]) -> Callable[[Student], None]:
-            self.cases.setdefault(grade_id, []).append(_Case(grade_id, func))
+            self.cases.setdefault(grade_id, []).append(_Case(grade_id, func, chaining))
             return func
 
         return deco
@@ -440,10 +484,14 @@ class Checks:
         return out
 
     # ---------------------------------------------------------------- replay
-    def decide(self, grade_id: str, recorded: list[list[_Call]], results: list[list] | None) -> Verdict:
-        if results is None:
+    def decide(self, grade_id: str, recorded: list[list[_Call]], results: list[list] | None,
+               why: str = "no results") -> Verdict:
+        if results is None and why == "no results":
             return Verdict(grade_id, False, ["the grader received no results from this cell: it did not run to the "
                                              "end (an error, a timeout, or a kernel that died earlier)"])
+        if results is None:
+            return Verdict(grade_id, False, [f"the grader received malformed results from this cell: {why}"],
+                           malformed=why)
         if len(results) != len(recorded):
             return Verdict(grade_id, False, ["the grader received malformed results from this cell"])
         messages, passed = [], True
@@ -471,6 +519,138 @@ class Checks:
         return Verdict(grade_id, passed, messages)
 
 
+# ================================================================ the rule: no answer can be looked up
+# The kernel keeps its state between test cells, so a student's function can remember every value it was given
+# and every value it returned. If a later call received one of those values (say ``inverse(z)`` with ``z`` the
+# reference of an earlier ``forward(x)``), a function that only looks values up would answer it without being
+# implemented. Hence: no call receives a floating-point value (a whole tensor or one of its rows) that an earlier
+# call of the assignment received or produced, except inside a check declared ``chaining="why"``, between its
+# own calls. Integer-valued rows (masks, identity matrices, counts) and non-tensor parameters (numbers,
+# ``Source``, ``Generator``) are not data and are not compared.
+_FRESH_RTOL = 1e-6
+
+
+def _informative_rows(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().to(torch.float64)
+    rows = t.reshape(1, -1) if t.ndim <= 1 else t.reshape(t.shape[0], -1)
+    keep = torch.isfinite(rows).all(1) & (rows != rows.round()).any(1)
+    return rows[keep]
+
+
+class _Seen:
+    """Every informative row seen so far, grouped by row width, with where it came from (one cdist per lookup)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[torch.Tensor]] = {}
+        self.owner: dict[int, list[int]] = {}
+        self.labels: list[tuple[str, object]] = []
+        self._cat: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def add(self, t: torch.Tensor, what: str, group: object) -> None:
+        rows = _informative_rows(t)
+        if rows.numel() == 0:
+            return
+        w = rows.shape[1]
+        self.labels.append((what, group))
+        self.rows.setdefault(w, []).append(rows)
+        self.owner.setdefault(w, []).append(len(self.labels) - 1)
+        self._cat.pop(w, None)
+
+    def find(self, t: torch.Tensor, skip_group: object = None) -> str | None:
+        """What earlier call received or produced a row of ``t`` (to ~1e-6), or None."""
+        rows = _informative_rows(t)
+        if rows.numel() == 0 or rows.shape[1] not in self.rows:
+            return None
+        w = rows.shape[1]
+        if w not in self._cat:
+            parts = self.rows[w]
+            owner = torch.cat([torch.full((p.shape[0],), k) for p, k in zip(parts, self.owner[w])])
+            every = torch.cat(parts)
+            self._cat[w] = (every, owner, every.abs().amax(1))
+        every, owner, scale = self._cat[w]
+        tol = _FRESH_RTOL * (1.0 + torch.maximum(rows.abs().amax(1)[:, None], scale[None, :]))
+        hit = torch.cdist(rows, every, p=float("inf")) <= tol
+        for k in owner[hit.any(0)].unique().tolist():
+            what, group = self.labels[k]
+            if skip_group is None or group != skip_group:
+                return what
+        return None
+
+
+def _float_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _float_tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _float_tensors(v)]
+    return []
+
+
+def fresh_input_violations(checks: Checks, recorded: dict[str, list[list[_Call]]],
+                           results: dict[str, list | None] | None = None) -> list[str]:
+    """Where the hidden checks break the rule above, in the order the probes run (``recorded``'s order).
+
+    Without ``results`` (at record time, before any kernel ran) only the inputs are compared; with the results
+    of a correct notebook (``selftest`` of the solution) a later input is also compared with every earlier output.
+    """
+    seen = _Seen()
+    problems = []
+    for gid, per_case in recorded.items():
+        for k, calls in enumerate(per_case):
+            case = checks.cases[gid][k]
+            group = (gid, k)
+            where = f"{gid} / {case.func.__name__}"
+            cell_results = (results or {}).get(gid)
+            case_results = cell_results[k] if isinstance(cell_results, list) and k < len(cell_results) else None
+            for i, call in enumerate(calls):
+                if call.chained and case.chaining is None:
+                    problems.append(f"{where}: call {i} ({call.name}) takes an earlier result; declare the check "
+                                    "@checks.cell(..., chaining=\"why\") if it is about chaining")
+                for t in call.tensors:
+                    what = seen.find(t, skip_group=group if case.chaining is not None else None)
+                    if what is not None:
+                        problems.append(f"{where}: call {i} ({call.name}) receives a value that {what} "
+                                        "(a memoising answer could look it up): use fresh inputs")
+                        break
+                for t in call.tensors:
+                    seen.add(t, f"call {i} of {where} received", group)
+                res = case_results[i] if isinstance(case_results, list) and i < len(case_results) else None
+                if isinstance(res, dict) and "value" in res:
+                    for t in _float_tensors(decode(res["value"])):
+                        seen.add(t, f"call {i} ({call.name}) of {where} returned", group)
+    return problems
+
+
+def check_fresh_inputs(checks: Checks, recorded: dict[str, list[list[_Call]]],
+                       results: dict[str, list | None] | None = None) -> None:
+    """Raise ``AuthorError`` naming every call that breaks the rule (see ``fresh_input_violations``)."""
+    problems = fresh_input_violations(checks, recorded, results)
+    if problems:
+        raise AuthorError(f"{checks.assignment}: hidden checks that feed a value to a later call:\n  "
+                          + "\n  ".join(problems))
+
+
+# ================================================================ derived quantities, computed in the grader
+def central_differences(x0: torch.Tensor, h: float = 1e-5) -> torch.Tensor:
+    """A batch for a grader-side Jacobian: ``x0`` (one sample, shape ``(1, ...)``), then ``x0 + h e_i`` for every
+    element ``i``, then ``x0 - h e_i``. Send it to the student's (per-sample) function in one call, and give
+    what comes back to ``jacobian_from_differences``: the Jacobian is then computed here, from returned values
+    only, so nothing in the kernel (a patched ``torch.autograd``) can forge it."""
+    if x0.shape[0] != 1 or not x0.is_floating_point():
+        raise AuthorError("central_differences takes one floating-point sample of shape (1, ...)")
+    n = x0[0].numel()
+    eye = torch.eye(n, dtype=x0.dtype).reshape(n, *x0.shape[1:])
+    return torch.cat([x0, x0 + h * eye, x0 - h * eye])
+
+
+def jacobian_from_differences(out: torch.Tensor, h: float = 1e-5) -> torch.Tensor:
+    """The ``(m, n)`` Jacobian at ``x0`` from the function's outputs on ``central_differences(x0, h)``."""
+    n = (out.shape[0] - 1) // 2
+    flat = out.reshape(out.shape[0], -1).to(torch.float64)
+    return ((flat[1 : 1 + n] - flat[1 + n :]) / (2 * h)).T
+
+
 def _label(func: Callable) -> str:
     doc = (func.__doc__ or "").strip().splitlines()
     return doc[0].strip() if doc else func.__name__.strip("_").replace("_", " ")
@@ -489,6 +669,9 @@ def load_checks(source_assignment_dir: str | Path) -> Checks | None:
     checks = getattr(module, "checks", None)
     if not isinstance(checks, Checks):
         raise AuthorError(f"{path} must define `checks = Checks(...)`")
+    import hashlib
+
+    checks.source_hash = hashlib.sha256(path.read_bytes()).hexdigest()
     return checks
 
 
@@ -510,12 +693,19 @@ def validate(nb: Any, checks: Checks) -> None:
                           f"checks for cells that do not exist {unknown}")
 
 
+_FRESH_CHECKED: set = set()
+
+
 def instrument(nb: Any, checks: Checks, nonce: str) -> dict[str, list[list[_Call]]]:
     """Replace each graded code cell's source by a probe of the recorded calls. Returns what was recorded."""
     validate(nb, checks)
-    recorded = {}
+    recorded = {gid: checks.record(gid) for _, _, gid in graded_code_cells(nb)}
+    key = (checks.assignment, getattr(checks, "source_hash", None), tuple(recorded))
+    if key not in _FRESH_CHECKED:  # the rule depends on the checks only: once per process and version
+        check_fresh_inputs(checks, recorded)
+        if key[1] is not None:
+            _FRESH_CHECKED.add(key)
     for _, cell, gid in graded_code_cells(nb):
-        recorded[gid] = checks.record(gid)
         spec = {"nonce": nonce, "cell": gid, "cases": [[c.spec() for c in calls] for calls in recorded[gid]]}
         cell.source = probe_source(spec)
         cell.outputs = []
@@ -529,19 +719,51 @@ def probe_source(spec: dict) -> str:
 
 
 def _results_of(cell: Any, nonce: str) -> list | None:
+    return _results_and_reason(cell, nonce)[0]
+
+
+def _results_and_reason(cell: Any, nonce: str) -> tuple[list | None, str]:
+    """The probe's results in a cell's outputs, or ``None`` and why. Never raises: anything malformed (too
+    large, nested too deep, not JSON, the wrong types) fails this cell only."""
     found = []
     for out in cell.get("outputs", []):
         data = out.get("data", {}) if out.get("output_type") in ("display_data", "execute_result") else {}
-        bundle = data.get(MIME)
+        bundle = data.get(MIME) if isinstance(data, dict) else None
         if isinstance(bundle, dict) and bundle.get("nonce") == nonce:
             found.append(bundle.get("payload"))
-    if len(found) != 1 or not isinstance(found[0], str) or len(found[0]) > MAX_PAYLOAD:
-        return None
+    if not found:
+        return None, "no results"
+    if len(found) != 1:
+        return None, f"{len(found)} result payloads instead of one"
+    if not isinstance(found[0], str):
+        return None, "a malformed result payload"
+    if len(found[0]) > MAX_PAYLOAD:
+        return None, f"a result payload larger than {MAX_PAYLOAD} bytes"
+    if _nesting(found[0]) > MAX_NESTING:
+        return None, f"a result payload nested deeper than {MAX_NESTING} levels"
     try:
         results = json.loads(found[0])
-    except ValueError:
-        return None
-    return results if isinstance(results, list) else None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return None, f"a result payload that is not valid JSON ({type(exc).__name__})"
+    return (results, "") if isinstance(results, list) else (None, "a malformed result payload")
+
+
+MAX_NESTING = 64  # the probe's own results nest a few levels (cases, calls, $tuple, $dict, ...)
+
+
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting of a JSON text, outside strings (no recursion, linear time)."""
+    import re
+
+    depth = deepest = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        ch = token.group()
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def judge(nb: Any, checks: Checks, nonce: str, recorded: dict[str, list[list[_Call]]] | None = None) -> dict:
@@ -550,7 +772,12 @@ def judge(nb: Any, checks: Checks, nonce: str, recorded: dict[str, list[list[_Ca
         recorded = {gid: checks.record(gid) for _, _, gid in graded_code_cells(nb)}
     verdicts = {}
     for _, cell, gid in graded_code_cells(nb):
-        verdicts[gid] = checks.decide(gid, recorded[gid], _results_of(cell, nonce))
+        results, why = _results_and_reason(cell, nonce)
+        try:
+            verdicts[gid] = checks.decide(gid, recorded[gid], results, why)
+        except RecursionError:  # a result nested in a way the decoder did not foresee: this cell only
+            verdicts[gid] = Verdict(gid, False, ["the grader received malformed results from this cell (nested "
+                                                 "too deep)"], malformed="results nested too deep")
     return verdicts
 
 
@@ -598,6 +825,9 @@ def selftest(assignment: str, notebook: str | None = None, root: str | Path = ".
     with tempfile.TemporaryDirectory() as tmp:
         _execute(nb, tmp, timeout)
     verdicts = judge(nb, checks, nonce, recorded)
+    if notebook is None:  # the solution's outputs are the references: no later call may receive one
+        results = {gid: _results_of(cell, nonce) for _, cell, gid in graded_code_cells(nb)}
+        check_fresh_inputs(checks, recorded, results)
     points = {gid: float(c.metadata.nbgrader.get("points", 0)) for _, c, gid in graded_code_cells(nb)}
     got = sum(points[g] for g, v in verdicts.items() if v.passed)
     return verdicts, got, sum(points.values())

@@ -41,6 +41,7 @@ that submission and ``python -m course_tools autograde`` retries it with a longe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -88,6 +89,7 @@ BASE_ARGS = ["--dev", "/dev", "--proc", "/proc", *NAMESPACES, "--die-with-parent
 KERNEL_HOME = "/tmp/home"
 PROBE_MIME = "application/x-course-probe+json"  # course_tools.hidden.MIME
 KERNEL_CWD = "/tmp/work"
+SOCKET_FOLDER_KB = 1024  # the kernel's socket folder (a tmpfs of its own when grading as root)
 
 
 class InfrastructureError(RuntimeError):
@@ -269,13 +271,20 @@ class SandboxKernelManager(AsyncKernelManager):
         super().__init__(**kwargs)
         self._private_dir = tempfile.mkdtemp(prefix="nbg-kernel-")
         os.chmod(self._private_dir, 0o700)
+        # The only folder the kernel can write outside its /tmp: its sockets. As root it is a tmpfs of its own,
+        # SOCKET_FOLDER_KB large (the kernel can fill no host disk); the rest of the private folder (the
+        # connection file, passwd/group, the notebook copy) is read-only in the sandbox.
+        self._sock_dir = os.path.join(self._private_dir, "sock")
+        os.mkdir(self._sock_dir, 0o700)
+        self._sock_mounted = False
+        self._args_file: str | None = None
         self._files: dict[str, bytes] = {}  # name -> content, put read-only into the kernel's folder
         self._cgroup: _Cgroup | None = None
         self.on_limits: t.Callable[[str], None] | None = None  # told which limits the kernel hit, at the end
         # The kernel talks to us over Unix sockets in a private folder: no network namespace needed.
         self.transport = "ipc"
         self.connection_file = os.path.join(self._private_dir, "kernel.json")
-        self.ip = os.path.join(self._private_dir, "k")
+        self.ip = os.path.join(self._sock_dir, "k")
 
     # -- identity ------------------------------------------------------------------------------------
     def _user(self) -> tuple[int, int] | None:
@@ -340,7 +349,8 @@ class SandboxKernelManager(AsyncKernelManager):
         cmd += ["--perms", "1777", "--dir", KERNEL_HOME, "--perms", "1777", "--dir", KERNEL_CWD]
         for name in self._files:
             cmd += ["--ro-bind", os.path.join(self._private_dir, "files", name), os.path.join(KERNEL_CWD, name)]
-        cmd += parents(self._private_dir) + ["--bind", self._private_dir, self._private_dir]
+        cmd += parents(self._private_dir) + ["--ro-bind", self._private_dir, self._private_dir]
+        cmd += ["--bind", self._sock_dir, self._sock_dir]
         cmd += ["--chdir", KERNEL_CWD]
         env = {
             "HOME": KERNEL_HOME,
@@ -406,6 +416,13 @@ class SandboxKernelManager(AsyncKernelManager):
     def limits_hit(self) -> list[str]:
         """Which resource limits this kernel ran into (memory, processes), as far as the machine can tell."""
         out = []
+        if self._sock_mounted:
+            try:
+                st = os.statvfs(self._sock_dir)
+                if st.f_bavail * st.f_frsize < 64 * 1024 or st.f_favail < 8:
+                    out.append(f"kernel folder ({SOCKET_FOLDER_KB} KiB)")
+            except OSError:
+                pass
         if self._cgroup is not None:
             if self._cgroup.memory_hit():
                 out.append(f"memory ({self.memory_limit_mb} MiB including /tmp)")
@@ -442,16 +459,43 @@ class SandboxKernelManager(AsyncKernelManager):
             with open(os.path.join(files_dir, name), "wb") as fh:
                 fh.write(data)
         user = self._user()
-        if user is not None:  # the kernel (unprivileged) creates its sockets here and reads the key
-            os.chown(self._private_dir, *user)
+        if user is not None:  # the kernel (unprivileged) creates its sockets in sock/ and reads the key
+            os.chmod(self._private_dir, 0o711)
+            self._mount_socket_folder(user)
+            if not self._sock_mounted:
+                os.chown(self._sock_dir, *user)
             if os.path.exists(self.connection_file):
                 os.chown(self.connection_file, *user)
         self._cgroup = _Cgroup(self.memory_limit_mb * 2**20, self.max_processes)
         kw["cwd"] = "/"
         kw.pop("env", None)
-        wrapped = self.sandbox_command(kernel_cmd)
+        wrapped = self._hide_options(self.sandbox_command(kernel_cmd))
         self.log.debug("Sandboxed kernel: %s", " ".join(wrapped))
         return await super()._async_launch_kernel(wrapped, **kw)
+
+    def _mount_socket_folder(self, user: tuple[int, int]) -> None:
+        """As root: a tmpfs of SOCKET_FOLDER_KB on the socket folder, owned by the kernel's user."""
+        opts = f"size={SOCKET_FOLDER_KB}k,nr_inodes=64,mode=0700,uid={user[0]},gid={user[1]},noexec,nosuid,nodev"
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", self._sock_dir], capture_output=True)
+        self._sock_mounted = res.returncode == 0
+        if not self._sock_mounted:
+            self.log.warning("could not mount a tmpfs for the kernel's sockets (%s): the folder is on the host's "
+                             "disk", res.stderr.decode(errors="replace").strip())
+
+    def _hide_options(self, wrapped: list[str]) -> list[str]:
+        """bwrap reads its options from a file the kernel cannot see (``--args``): its command line inside the
+        sandbox (``/proc/1/cmdline``) shows no host path, no mount and no limit, only the kernel's command."""
+        exe = shutil.which(self.bwrap) or self.bwrap
+        try:
+            start = wrapped.index(exe)
+            end = wrapped.index("--", start + 1)
+        except ValueError:
+            return wrapped
+        fd, self._args_file = tempfile.mkstemp(prefix="nbg-bwrap-args-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"".join(a.encode() + b"\0" for a in wrapped[start + 1 : end]))
+        script = 'f="$1"; b="$2"; shift 2; exec "$b" --args 3 -- "$@" 3<"$f"'
+        return wrapped[:start] + ["/bin/sh", "-c", script, "sh", self._args_file, exe] + wrapped[end + 1 :]
 
     async def _async_interrupt_kernel(self) -> None:
         # A SIGINT to the process group would reach bwrap too; ask the kernel over its control channel.
@@ -472,6 +516,13 @@ class SandboxKernelManager(AsyncKernelManager):
                     for hit in self.limits_hit():
                         self.on_limits(hit)
                 self._cgroup.remove()
+            if self._sock_mounted:
+                subprocess.run(["umount", "-l", self._sock_dir], capture_output=True)
+                self._sock_mounted = False
+            if self._args_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._args_file)
+                self._args_file = None
             shutil.rmtree(self._private_dir, ignore_errors=True)
 
     cleanup_resources = _async_cleanup_resources
@@ -598,10 +649,21 @@ class SandboxedExecute(Execute):
             self._record["limits"].append(what)
 
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[override]
-        size = len(json.dumps(msg.get("content", {}), default=str))
-        if PROBE_MIME in (msg.get("content", {}).get("data") or {}):
-            # a probe's results are not dropped by the output limit (the grader checks and bounds them), but a
-            # notebook cannot send more than 64 MiB of them
+        content = msg.get("content", {})
+        if _deeper_than(content, MAX_OUTPUT_DEPTH):
+            # nbclient and nbformat convert outputs recursively: a payload nested ~900 levels deep would raise
+            # RecursionError there and make the whole submission ungradeable. Only this output is dropped.
+            self._add_limit(f"output nesting ({MAX_OUTPUT_DEPTH} levels)")
+            note = f"\n... an output nested deeper than {MAX_OUTPUT_DEPTH} levels was dropped ...\n"
+            outs.append(NotebookNode(output_type="stream", name="stdout", text=note))
+            return None
+        size = len(json.dumps(content, default=str))
+        data = content.get("data") or {}
+        if PROBE_MIME in data and self._is_probe_cell(cell_index) and not any(
+            PROBE_MIME in (o.get("data") or {}) for o in outs
+        ):
+            # the probe's own single output is not counted against the output limit (the grader bounds it),
+            # but a notebook cannot send more than 64 MiB of them; the probe MIME type anywhere else counts
             self._probe_bytes = getattr(self, "_probe_bytes", 0) + size
             if self._probe_bytes <= 64 * 2**20:
                 return super().output(outs, msg, display_id, cell_index)
@@ -620,6 +682,13 @@ class SandboxedExecute(Execute):
                 )
             return None
         return super().output(outs, msg, display_id, cell_index)
+
+    def _is_probe_cell(self, cell_index: int) -> bool:
+        try:
+            cell = self.nb.cells[cell_index]
+        except (AttributeError, IndexError, TypeError):
+            return False
+        return utils.is_grade(cell) and not utils.is_solution(cell) and cell.cell_type == "code"
 
     # -- cells ---------------------------------------------------------------------------------------
     def preprocess_cell(self, cell: NotebookNode, resources: t.Any, index: int):  # type: ignore[override]
@@ -644,6 +713,11 @@ class SandboxedExecute(Execute):
         t0 = time.monotonic()
         try:
             out = super().preprocess_cell(cell, resources, index)
+        except RecursionError:
+            # an output nbclient could not convert, past the depth check in ``output``: this cell only
+            self._add_limit(f"output nesting ({MAX_OUTPUT_DEPTH} levels)")
+            cell.outputs = [_error_output("OutputDropped", "an output of this cell was nested too deep to keep")]
+            return cell, resources
         except CellTimeoutError:
             # interrupted after the cell timeout, but the kernel never went idle (SIGINT ignored, C loop)
             self._kernel_dead = True
@@ -715,6 +789,23 @@ def _record_failure(resources: dict) -> None:
         write_record(resources, "infrastructure")
     except OSError:
         pass
+
+
+MAX_OUTPUT_DEPTH = 64  # levels of nesting in one output message that nbclient is given
+
+
+def _deeper_than(obj: t.Any, limit: int) -> bool:
+    """Whether ``obj`` (parsed JSON) nests deeper than ``limit`` levels; iterative, so it cannot recurse."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
 
 def _gid(cell: NotebookNode, index: int) -> str:

@@ -253,6 +253,10 @@ def bad_name(name: str) -> str | None:
         return "contains control characters"
     if any(ch in name for ch in "/\\+*?[],"):
         return "contains one of / \\ + * ? [ ] ,"
+    if name.startswith("-"):
+        return "starts with '-' (a command would read it as an option)"
+    if not all(ch.isalnum() or ch in "._@-" for ch in name):
+        return "is not a plain name (letters, digits and . _ @ - only)"
     return None
 
 

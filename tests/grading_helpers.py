@@ -213,6 +213,26 @@ _try("write_solutions", lambda: open({sol!r}, "a").write(" "))
 # the interpreter may live under a home directory (pyenv): it is the only thing exposed there
 _try("home_dir", lambda: [n for n in _os.listdir("/root") if n != ".pyenv"] or 1 / 0)
 _try("network_loopback", lambda: _socket.create_connection(("127.0.0.1", 22), timeout=1))
+# issue 20: the kernel's own folder (its sockets) is no host disk: 2 MiB do not fit; the sandbox's command line
+# (mounts, host paths, limits) is not readable from inside
+def _fill_kernel_folder():
+    import sys as _sys
+    folder = _os.path.join(_os.path.dirname([a for a in _sys.argv if a.endswith(".json")][0]), "sock")
+    path = _os.path.join(folder, "fill")
+    try:
+        with open(path, "wb") as fh:
+            for _ in range(2 * 16):
+                fh.write(b"x" * 65536)
+                fh.flush()
+        return _os.path.getsize(path)
+    finally:
+        if _os.path.exists(path):
+            _os.remove(path)
+_try("write_kernel_folder_big", _fill_kernel_folder)
+_try("write_kernel_private_folder", lambda: open(_os.path.join(_os.path.dirname(
+    [a for a in __import__("sys").argv if a.endswith(".json")][0]), "x"), "w").write("x"))
+_try("sandbox_command_line", lambda: [a for a in open("/proc/1/cmdline", "rb").read().split(b"\\0")
+                                      if a in (b"--ro-bind", b"--bind", b"--setenv", b"--size", b"--tmpfs")] or 1 / 0)
 _try("network_gradebook", lambda: _socket.create_connection(("127.0.0.1", {port}), timeout=1))
 _try("env_secrets", lambda: [k for k in _os.environ if any(s in k for s in {secret_words!r})] or 1 / 0)
 _try("plant_symlink_to_gradebook", lambda: _os.symlink({gradebook!r}, {nb_name!r} + ".tmp"))
@@ -237,6 +257,9 @@ print("SANDBOX-REPORT " + _json.dumps(_report))
 
 
 MUST_BE_DENIED = [
+    "write_kernel_folder_big",
+    "write_kernel_private_folder",
+    "sandbox_command_line",
     "read_shadow",
     "runs_as_root",
     "other_clone_solutions",
@@ -413,6 +436,200 @@ SHADOW_TORCH = "raise ImportError('a student file named torch.py was imported')\
 INTERRUPT_SELF = "raise KeyboardInterrupt('my own interrupt')\n"
 
 
+# A memoising student (issue 20): every value its functions were given or returned is remembered across cells;
+# the functions it did not write answer from memory only (an earlier output given back -> that call's input, with
+# the log-det negated; an earlier input -> that call's output). It must get exactly the points of the functions it
+# did write, so no hidden check may feed a later call a value an earlier call received or produced.
+MEMO = """
+if "_memo_seen" not in globals():
+    import torch as _mt
+    _memo_seen = []
+    def _memo_tensors(v):
+        if isinstance(v, _mt.Tensor):
+            return [v.detach().clone()] if v.is_floating_point() else []
+        if isinstance(v, (list, tuple)):
+            return [t for e in v for t in _memo_tensors(e)]
+        if isinstance(v, dict):
+            return [t for e in v.values() for t in _memo_tensors(e)]
+        return []
+    def _memo_rows(t):
+        return t.reshape(1, -1) if t.ndim <= 1 else t.reshape(t.shape[0], -1)
+    def _memo_find(t, pool):
+        # rows of t that equal rows of a remembered tensor: a lookup by rows (a batch can be a subset)
+        for k, p in enumerate(pool):
+            a, b = _memo_rows(t), _memo_rows(p)
+            if a.shape[1] == b.shape[1] and a.shape[0] <= b.shape[0]:
+                d = _mt.cdist(a.double(), b.double(), p=float("inf"))
+                close = d <= 1e-6 * (1 + b.abs().max())
+                if close.any(1).all():
+                    return k, close.double().argmax(1)
+        return None
+    def _memo_record(fn):
+        def remembered(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            _memo_seen.append((_memo_tensors(args), _memo_tensors(out), out))
+            return out
+        return remembered
+    def _memo_lookup(*args, **kwargs):
+        for t in _memo_tensors(args):
+            for ins, outs, out in reversed(_memo_seen):
+                hit = _memo_find(t, outs[:1])
+                if hit is not None and ins:
+                    x = ins[0].reshape(ins[0].shape[0], -1)[hit[1]].reshape(t.shape[:1] + ins[0].shape[1:])
+                    if isinstance(out, tuple) and len(outs) > 1 and outs[1].ndim == 1:
+                        return x, -outs[1][hit[1]]
+                    return x
+                hit = _memo_find(t, ins[:1])
+                if hit is not None:
+                    return out
+        raise NotImplementedError("not remembered")
+"""
+
+
+def function_names(solution_code: str) -> list[str]:
+    return re.findall(r"^def (\w+)\(", solution_code, re.M)
+
+
+def calls_per_test(assignment: str) -> dict[str, set[str]]:
+    """The student functions each test cell's hidden checks call (recorded in this, the grader's, process)."""
+    sys.path.insert(0, REPO)
+    from course_tools import hidden
+
+    checks = hidden.load_checks(os.path.join(REPO, "solutions", assignment))
+    return {gid: {c.name for calls in checks.record(gid) for c in calls} for gid in checks.cases}
+
+
+def memo_case(assignment: str, nb_name: str, parity: int) -> Case:
+    """Every other function of the assignment written (and remembering), the others answered from memory."""
+    lay = layout(assignment, nb_name)
+    names = [n for a in lay.answers for n in function_names(lay.solution_src[a])]
+    written = set(names[parity::2])
+    answers = {}
+    for a in lay.answers:
+        code = MEMO + lay.solution_src[a]
+        for n in function_names(lay.solution_src[a]):
+            if n in written:
+                code += f"\n{n} = _memo_record({n})\n"
+            else:
+                code += f"\ndef {n}(*args, **kwargs):\n    return _memo_lookup(*args, **kwargs)\n"
+        answers[a] = code
+    uses = calls_per_test(assignment)
+    points = sum(p for tests in lay.tests_of.values() for gid, p in tests if uses.get(gid) and uses[gid] <= written)
+    return Case(
+        f"a_memo{parity}",
+        f"functions {'2, 4' if parity else '1, 3'}, ... written and remembering every value, the others answered "
+        "from memory (issue 20)",
+        {nb_name: solved(assignment, nb_name, answers)},
+        points,
+    )
+
+
+# A wrong map with the right log-det, and torch's Jacobian helpers patched to differentiate the right map
+# (issue 20): a Jacobian computed in the kernel would agree with the log-det. The grader computes them itself.
+WRONG_MAP = """
+if "_honest" not in globals():
+    import torch as _pt
+    _honest = [False]
+    def _forging(real):
+        def forged(*a, **k):
+            _honest[0] = True
+            try:
+                return real(*a, **k)
+            finally:
+                _honest[0] = False
+        return forged
+    _pt.autograd.functional.jacobian = _forging(_pt.autograd.functional.jacobian)
+    _pt.autograd.functional.hessian = _forging(_pt.autograd.functional.hessian)
+    _pt.autograd.grad = _forging(_pt.autograd.grad)
+    _pt.func.jacrev = _forging(_pt.func.jacrev)
+    _pt.func.jacfwd = _forging(_pt.func.jacfwd)
+    _pt.func.vmap = _forging(_pt.func.vmap)
+    _pt.linalg.slogdet = _forging(_pt.linalg.slogdet)
+"""
+
+
+def wrong_map(solution_code: str, patch: bool) -> str:
+    """Every function scales its first floating-point result by 1.5 and keeps the rest (the log-det) right;
+    with ``patch``, also torch's Jacobian helpers, under which the functions answer right."""
+    code = (WRONG_MAP if patch else "_honest = [False]\n") + solution_code
+    for name in function_names(solution_code):
+        code += f"""
+_right_{name} = {name}
+def {name}(*args, **kwargs):
+    out = _right_{name}(*args, **kwargs)
+    if _honest[0]:
+        return out
+    if isinstance(out, tuple) and out and getattr(out[0], "is_floating_point", lambda: False)():
+        return (out[0] * 1.5, *out[1:])
+    if getattr(out, "is_floating_point", lambda: False)():
+        return out * 1.5
+    return out
+"""
+    return code
+
+
+# Malformed results of the student's own making (issue 20): each fails only the cell it touches.
+DEEP_OUTPUT = """from IPython.display import display as _d
+_v = 1
+for _ in range(900):
+    _v = [_v]
+_d({"application/json": {"deep": _v}}, raw=True)
+"""
+FORGE_DEEP_PROBE = """import IPython.display as _ipd
+_real_display = _ipd.display
+def _forging_display(*objs, **kw):
+    # the first probe's results are replaced by 200,000 nested brackets under its own nonce
+    for o in objs:
+        if isinstance(o, dict) and "application/x-course-probe+json" in o:
+            _ipd.display = _real_display
+            bundle = o["application/x-course-probe+json"]
+            deep = "[" * 200_000 + "]" * 200_000
+            return _real_display({"application/x-course-probe+json": {"nonce": bundle["nonce"], "payload": deep}},
+                                 raw=True)
+    return _real_display(*objs, **kw)
+_ipd.display = _forging_display
+"""
+PROBE_FLOOD = """from IPython.display import display as _d
+for _k in range(70):
+    _d({"application/x-course-probe+json": {"nonce": "x", "payload": "0" * 1_000_000}}, raw=True)
+"""
+PASTED_MARKDOWN = (
+    "My drawing: ![image.png](attachment:image.png) and one I forgot: ![old.png](attachment:old.png)\n\n"
+    "Honest text stays: one = 1, data: the training set, javascript: is a language.\n\n"
+    '<div style="position: fixed; top: 0; left: 0; width: 100%; z-index: 99; background: white; color: green">'
+    "Score: 100 / 100</div>"
+)
+PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+def _append_cell(nb: dict, cell_type: str, source: str, cid: str, **extra) -> dict:
+    cell = {"cell_type": cell_type, "id": cid, "metadata": {}, "source": source, **extra}
+    if cell_type == "code":
+        cell.update(execution_count=None, outputs=[])
+    nb["cells"].append(cell)
+    return nb
+
+
+def malformed_cases(assignment: str, nb_name: str) -> list[Case]:
+    lay = layout(assignment, nb_name)
+    first_test, first_points = lay.tests_of[lay.answers[0]][0]
+    forged = solved(assignment, nb_name, {lay.answers[0]: FORGE_DEEP_PROBE + lay.solution_src[lay.answers[0]]})
+    pasted = _append_cell(solved(assignment, nb_name), "markdown", PASTED_MARKDOWN, "pasted-1",
+                          attachments={"image.png": {"image/png": PNG_1X1}})
+    return [
+        Case("a_deep_output", "the solution + a display nested 900 levels deep",
+             {nb_name: _append_cell(solved(assignment, nb_name), "code", DEEP_OUTPUT, "deep-1")},
+             lay.total, "output nesting"),
+        Case("a_forged_deep", "the solution; the first probe's results replaced by 200,000 nested brackets",
+             {nb_name: forged}, lay.total - first_points, f"{first_test}: malformed results"),
+        Case("a_probe_flood", "the solution + 70 MB displayed under the probe's MIME type from a normal cell",
+             {nb_name: _append_cell(solved(assignment, nb_name), "code", PROBE_FLOOD, "flood-1")},
+             lay.total, "limit reached: output"),
+        Case("a_pasted", "the solution + a pasted image, a missing attachment and a fake score drawn over the page",
+             {nb_name: pasted}, lay.total),
+    ]
+
+
 def _wrong_all(assignment: str, nb_name: str, extra_first: str = "", extra_each: str = "") -> dict:
     lay = layout(assignment, nb_name)
     sol = lay.solution_src
@@ -512,7 +729,22 @@ def attack_cases(assignment: str) -> list[Case]:
         }
     )
     leaky["cells"].append({"cell_type": "markdown", "id": "leak-2", "metadata": {}, "source": MARKDOWN_SCRIPT})
-    return [
+    return malformed_cases(assignment, nb_name) + [
+        memo_case(assignment, nb_name, 0),
+        memo_case(assignment, nb_name, 1),
+        Case(
+            "a_wrongmap",
+            "every map scaled by 1.5, log-dets right: the baseline of a_jacobian",
+            {nb_name: solved(assignment, nb_name, {a: wrong_map(sol[a], False) for a in lay.answers})},
+            None,
+        ),
+        Case(
+            "a_jacobian",
+            "every map scaled by 1.5, log-dets right, torch's Jacobian helpers patched to differentiate the right map",
+            {nb_name: solved(assignment, nb_name, {a: wrong_map(sol[a], True) for a in lay.answers})},
+            None,
+            same_as="a_wrongmap",
+        ),
         Case(
             "a_wrong",
             "every answer wrong (shifted by 0.5), no trick: the baseline of the cases below",
@@ -742,6 +974,13 @@ def limit_cases(
         Case(
             "l_ctrl\x1b[31m\nname",
             "a student id with control characters and a newline",
+            {nb_name: solved(assignment, nb_name)},
+            None,
+            "REFUSED",
+        ),
+        Case(
+            "--help",
+            "a student id that looks like an option",
             {nb_name: solved(assignment, nb_name)},
             None,
             "REFUSED",

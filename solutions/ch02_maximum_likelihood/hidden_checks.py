@@ -98,7 +98,7 @@ def q3_nats(student):
     expect_close(got, ref, "the average NLL in nats under a 4-d Gaussian is wrong", rtol=1e-8)
 
 
-@checks.cell("q3_bits_test")
+@checks.cell("q3_bits_test", chaining="one batch in three units, each checked against the reference")
 def q3_bits(student):
     """the NLL per dimension, in bits, and each option on its own"""
     x, mean, cov, ref = _gauss_case(32, d=5)
@@ -132,6 +132,10 @@ CASES = (
     (0.5, 1.5, [0.2, 0.5, 0.3], [-3.0, 0.0, 2.5], [0.6, 0.8, 0.4], 40_000, 41),
     (2.5, 0.5, [0.2, 0.5, 0.3], [-3.0, 0.0, 2.5], [0.6, 0.8, 0.4], 40_000, 42),
 )
+CASES_REVERSE = (  # another mixture: no call receives a value an earlier question's call received
+    (0.5, 1.5, [0.3, 0.45, 0.25], [-2.5, 0.5, 3.0], [0.7, 0.6, 0.5], 40_000, 43),
+    (3.0, 0.5, [0.3, 0.45, 0.25], [-2.5, 0.5, 3.0], [0.7, 0.6, 0.5], 40_000, 44),
+)
 
 
 def _q4(student, reverse):
@@ -146,10 +150,10 @@ def _q4(student, reverse):
             Generator(seed),
             reverse=reverse,
         )
-        for (m, s, w, mu, sd, n, seed) in CASES
+        for (m, s, w, mu, sd, n, seed) in (CASES_REVERSE if reverse else CASES)
     ]
     t = torch.linspace(-15, 15, 60_001, dtype=F64)
-    for got, (m, s, w, mu, sd, n, _) in zip(results, CASES):
+    for got, (m, s, w, mu, sd, n, _) in zip(results, CASES_REVERSE if reverse else CASES):
         got = expect_float(expect_tensor(got, "mixture_kl_mc(...)", shape=()), "the KL estimate")
         w_, mu_, sd_ = (torch.tensor(v, dtype=F64) for v in (w, mu, sd))
 
@@ -169,13 +173,13 @@ def _q4(student, reverse):
         )
 
 
-@checks.cell("q4_forward_test")
+@checks.cell("q4_forward_test", chaining="one mixture for two proposals, each estimate checked against quadrature")
 def q4_forward(student):
     """forward KL(p || q) by Monte Carlo, q between the modes and q on one mode of a 3-component mixture"""
     _q4(student, reverse=False)
 
 
-@checks.cell("q4_reverse_test")
+@checks.cell("q4_reverse_test", chaining="one mixture for two proposals, each estimate checked against quadrature")
 def q4_reverse(student):
     """reverse KL(q || p) by Monte Carlo, q between the modes and q on one mode of a 3-component mixture"""
     _q4(student, reverse=True)

@@ -49,7 +49,7 @@ def q1_batch(student):
     expect_close(hi, v.mean(-1) + z * se, "the upper end of the 95% interval is wrong", rtol=1e-4)
 
 
-@checks.cell("q1_level_test")
+@checks.cell("q1_level_test", chaining="one sample at two levels, each width checked against the reference")
 def q1_level(student):
     """80% and 99.9% intervals"""
     v = _randn(40, seed=102).exp()
@@ -96,7 +96,10 @@ def _is_inputs(seed, offset):
     return h, log_w
 
 
-@checks.cell("q3_estimate_test")
+@checks.cell(
+    "q3_estimate_test",
+    chaining="one integrand at three weight scales, each estimate checked against the reference",
+)
 def q3_estimate(student):
     """self-normalised estimate with moderate, huge and tiny log-weights"""
     cases = [_is_inputs(301, off) for off in (0.0, 900.0, -900.0)]
@@ -108,7 +111,7 @@ def q3_estimate(student):
         expect_close(est, (w * h).sum(), "the self-normalised estimate is wrong (or overflows for large log-weights)")
 
 
-@checks.cell("q3_ess_test")
+@checks.cell("q3_ess_test", chaining="one integrand at three weight scales, each ESS checked against the reference")
 def q3_ess(student):
     """effective sample size with moderate, huge and tiny log-weights"""
     cases = [_is_inputs(311, off) for off in (0.0, 800.0, -800.0)]
@@ -121,7 +124,7 @@ def q3_ess(student):
 
 
 # ---------------------------------------------------------------- Q4 Hutchinson estimate
-@checks.cell("q4_test")
+@checks.cell("q4_test", chaining="one matrix with two probe sets, each estimate checked against the reference")
 def q4_estimate(student):
     """Hutchinson estimate with Rademacher and with Gaussian probes for a random 6 x 6 matrix"""
     A = _randn(6, 6, seed=401)
@@ -157,7 +160,7 @@ def q5_gaussian(student):
 
 
 # ---------------------------------------------------------------- Q6 gradient
-@checks.cell("q6_test")
+@checks.cell("q6_test", chaining="one data set at two parameters, each gradient checked against the reference")
 def q6_grad(student):
     """gradient of the mean Gaussian NLL at random parameters and data"""
     x = 1.5 + 2.0 * _randn(30, seed=601)
@@ -169,7 +172,10 @@ def q6_grad(student):
 
 
 # ---------------------------------------------------------------- Q7 SGD step
-@checks.cell("q7_test")
+@checks.cell(
+    "q7_test",
+    chaining="one data set: a minibatch step (checked against the reference) and every single-example step",
+)
 def q7_sgd(student):
     """one SGD step on a random minibatch; singleton steps average to the full gradient step"""
     x = _randn(8, seed=701) * 0.7 + 1.0

@@ -141,7 +141,7 @@ def q4_joint(student):
 
 
 # ---------------------------------------------------------------- Q5 independence gap
-@checks.cell("q5_test")
+@checks.cell("q5_test", chaining="two tables, each with two conditioning sets, each gap checked against the reference")
 def q5_gap(student):
     """independence gaps on random 4-variable tables, with and without conditioning"""
     t = torch.rand(2, 3, 2, 3, generator=_gen(51), dtype=F64) + 0.05

@@ -94,7 +94,7 @@ def q3_forward(student):
 @checks.cell("q3_logdet_test")
 def q3_logdet(student):
     """ar_forward: the log-det with negative scales, against the autograd Jacobian"""
-    x = _x3()
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(33), dtype=F64)  # fresh: not q3_forward's x
     out = student.ar_forward(x, COND)
     _, ld = _pair(out, "ar_forward(x, conditioner)")
     ld = expect_tensor(ld, "logdet", shape=(6,), dtype=F64)
@@ -110,19 +110,28 @@ def q3_logdet(student):
     expect_close(ld, ref, "the log-det of the affine autoregressive layer is wrong")
 
 
+def _ar_inverse_ref(z, cond):
+    """Solve z = alpha(x) x + beta(x) one coordinate at a time (alpha_i, beta_i depend on x_<i only)."""
+    x = torch.zeros_like(z)
+    for i in range(z.shape[1]):
+        alpha, beta = cond(x)
+        x[:, i] = (z[:, i] - beta[:, i]) / alpha[:, i]
+    alpha, _ = cond(x)
+    return x, -alpha.abs().log().sum(1)
+
+
 @checks.cell("q3_inverse_test")
 def q3_inverse(student):
-    """ar_inverse: recovers x from z and returns the generating log-det"""
-    x = _x3()
-    cond = COND.build()
-    alpha, beta = cond(x)
-    z = alpha * x + beta
+    """ar_inverse: x and the generating log-det for fresh random z"""
+    # a fresh z, not the image of an earlier input: an inverse that only remembers ar_forward's answers gets 0
+    z = 1.5 * torch.randn(6, 5, generator=torch.Generator().manual_seed(34), dtype=F64)
     out = student.ar_inverse(z, COND)
     xr, ld = _pair(out, "ar_inverse(z, conditioner)")
     xr = expect_tensor(xr, "x", shape=(6, 5), dtype=F64)
-    expect_close(xr, x, "ar_inverse does not recover x (solve the coordinates in order)", atol=1e-8)
+    x, ref_ld = _ar_inverse_ref(z, COND.build())
+    expect_close(xr, x, "ar_inverse(z) is wrong for random z (solve the coordinates in order)", atol=1e-8)
     ld = expect_tensor(ld, "logdet", shape=(6,), dtype=F64)
-    expect_close(ld, -alpha.abs().log().sum(1), "the log-det of ar_inverse is wrong (log|det dx/dz|)")
+    expect_close(ld, ref_ld, "the log-det of ar_inverse is wrong (log|det dx/dz|)")
 
 
 # ---------------------------------------------------------------- Q4 MADE masks
@@ -207,15 +216,18 @@ def q5_forward(student):
 
 @checks.cell("q5_inverse_test")
 def q5_inverse(student):
-    """coupling_inverse with a scattered mask: x and the log-det"""
-    x = _x5()
-    z, ld_f = _coupling_ref(x)
+    """coupling_inverse with a scattered mask: x and the log-det for fresh random z"""
+    # a fresh z, not the image of an earlier input: an inverse that only remembers coupling_forward's answers gets 0
+    z = torch.randn(5, 7, generator=torch.Generator().manual_seed(53), dtype=F64)
     out = student.coupling_inverse(z, MASK, NET)
     xr, ld = _pair(out, "coupling_inverse(z, mask, net)")
     xr = expect_tensor(xr, "x", shape=(5, 7), dtype=F64)
     ld = expect_tensor(ld, "logdet", shape=(5,), dtype=F64)
-    expect_close(xr, x, "coupling_inverse does not recover x for a mask that is not a half split")
-    expect_close(ld, -ld_f, "the log-det of coupling_inverse is wrong (log|det dx/dz|)")
+    s, t = NET.build()(z[:, MASK])
+    x = z.clone()
+    x[:, ~MASK] = (z[:, ~MASK] - t) * torch.exp(-s)
+    expect_close(xr, x, "coupling_inverse does not invert the coupling for a mask that is not a half split")
+    expect_close(ld, -s.sum(1), "the log-det of coupling_inverse is wrong (log|det dx/dz|)")
 
 
 # ---------------------------------------------------------------- Q6 NLL of a flow

@@ -61,7 +61,7 @@ def q1_logdet(student):
 
 
 # ---------------------------------------------------------------- Q2 u_hat
-@checks.cell("q2_test")
+@checks.cell("q2_test", chaining="one w with three u, each u_hat checked against the reference")
 def q2_constraint(student):
     """u_hat for random w and u, for w^T u far below -1, and for a large w^T u"""
     g = torch.Generator().manual_seed(201)
@@ -113,7 +113,7 @@ def q3_stderr(student):
 
 
 # ---------------------------------------------------------------- Q4 fixed-point inverse
-@checks.cell("q4_test")
+@checks.cell("q4_test", chaining="one z at four iteration counts, each iterate checked against the reference")
 def q4_inverse(student):
     """fixed-point inverse of a small contractive MLP block: iterates 0, 1, 7 and the converged inverse"""
     src = Source("lambda y: 0.6 * torch.tanh(y @ torch.tensor([[0.5, -0.4, 0.2], [0.1, 0.6, -0.3], "
@@ -146,7 +146,10 @@ def _series(J, n):
     return total
 
 
-@checks.cell("q5_terms_test")
+@checks.cell(
+    "q5_terms_test",
+    chaining="one batch of Jacobians truncated after 1, 2 and 5 terms, each checked against the reference",
+)
 def q5_terms(student):
     """truncated series with 1, 2 and 5 terms for a batch of random 4x4 Jacobians"""
     J = _jacobians(501, 6, 4, 0.8)
