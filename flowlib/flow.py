@@ -107,7 +107,7 @@ def _rowwise(transform) -> bool:
     """Whether ``transform`` maps every row of a batch on its own, with no state that a call changes (so that
     splitting a batch into blocks cannot change the result): vector couplings with flowlib's ``MLP``, MADE
     layers, permutations, and compositions of them."""
-    from flowlib.transforms.autoregressive import MAF
+    from flowlib.transforms.autoregressive import MAF, SplineMAF
     from flowlib.transforms.coupling import MLP, _Coupling
     from flowlib.transforms.permutation import Permutation
 
@@ -115,4 +115,4 @@ def _rowwise(transform) -> bool:
         return all(_rowwise(t) for t in transform.transforms)
     if isinstance(transform, _Coupling):  # flowlib's own MLP: no batch statistics, whatever the mode
         return not transform.image and type(transform.conditioner) is MLP
-    return isinstance(transform, (MAF, Permutation))  # IAF is a MAF subclass
+    return isinstance(transform, (MAF, SplineMAF, Permutation))  # IAF, SplineIAF are subclasses
