@@ -101,8 +101,8 @@ class Flow(nn.Module):
             return None
         return x.split(rows)
 
-    def forward(self, x):
-        return self.log_prob(x)
+    def forward(self, x, context=None):
+        return self.log_prob(x, context)
 
     def sample(self, n: int, context: torch.Tensor | None = None) -> torch.Tensor:
         """Draw ``n`` samples: ``z ~ p_Z``, ``x = f^{-1}(z)``. A conditional flow needs ``context``: shape

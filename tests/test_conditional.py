@@ -220,3 +220,20 @@ def test_conditional_flow_learns_a_conditional_gaussian(kind):
         mean = flow.sample(4000, context=torch.tensor([1.0])).mean(0)
     assert abs(nll - exact) < 0.05, (nll, exact)
     assert (mean - a).abs().max() < 0.1, mean
+
+
+def test_blocked_no_grad_paths_split_the_context_with_the_rows():
+    torch.manual_seed(0)
+    flow = perturb_parameters(maf(16, num_layers=2, hidden=(16,), context_dim=C), 0.2).double()
+    x, ctx = torch.randn(40, 16, dtype=f64), torch.randn(40, C, dtype=f64)
+    with torch.no_grad():
+        whole = flow.log_prob(x, context=ctx)
+        torch.manual_seed(1)
+        s_whole = flow.sample(40, context=ctx)
+        flow.block_rows = 8  # 40 rows >= 2 * 8: the blocked path
+        assert flow._blocks(x) is not None
+        blocked = flow.log_prob(x, context=ctx)
+        torch.manual_seed(1)
+        s_blocked = flow.sample(40, context=ctx)
+    assert (whole - blocked).abs().max() < 1e-12 and (s_whole - s_blocked).abs().max() < 1e-12
+    assert torch.equal(flow(x, context=ctx), flow.log_prob(x, context=ctx))
