@@ -1077,29 +1077,30 @@ DESIGNED_PARTIALS = {
     ),
     "ch05_normalizing_flows": (
         {
-            # forgets the absolute value of f': passes q1_increasing (1), nan on the decreasing map
-            "q1_answer": "def cov_log_prob_1d(x, f):\n"
-            "    xr = x.detach().clone().requires_grad_(True)\n"
-            "    z = f(xr)\n"
-            "    (dz,) = torch.autograd.grad(z.sum(), xr)\n"
-            "    return (-0.5 * z.detach() ** 2 - 0.5 * math.log(2 * math.pi) + torch.log(dz)).detach()\n",
-            # log(alpha) instead of log|alpha|: z right (1), log-det and inverse log-det nan (0 + 0)
-            "q3_answer": "def ar_forward(x, conditioner):\n"
-            "    alpha, beta = conditioner(x)\n"
-            "    return alpha * x + beta, torch.log(alpha).sum(dim=1)\n\n\n"
-            "def ar_inverse(z, conditioner):\n"
+            # repairs only the hidden comparison and keeps >= in the output layer: q2_hidden (1), q2_output (0)
+            "q2_answer": "def made_masks(degrees):\n"
+            "    hidden = [(b[:, None] >= a[None, :]).to(torch.float64) for a, b in zip(degrees[:-1], degrees[1:])]\n"
+            "    return hidden + [(degrees[0][:, None] >= degrees[-1][None, :]).to(torch.float64)]\n",
+            # the lecture's table, blind to tied degrees (d passes for every sequential direction): 0 + 0
+            "q3_answer": "def sampling_passes(layers):\n"
+            "    density = sampling = 0\n"
+            "    for kind, m_in in layers:\n"
+            "        d = m_in.numel()\n"
+            "        if kind == 'MAF':\n"
+            "            density, sampling = density + 1, sampling + d\n"
+            "        else:\n"
+            "            density, sampling = density + d, sampling + 1\n"
+            "    return density, sampling\n",
+            # one pass per coordinate in the ordering: right without ties (1), too many passes with ties (0)
+            "q4_answer": "def maf_sample(n, conditioner, m_in, generator):\n"
+            "    z = torch.randn(n, m_in.numel(), generator=generator, dtype=torch.float64)\n"
             "    x = torch.zeros_like(z)\n"
-            "    for i in range(z.shape[1]):\n"
-            "        alpha, beta = conditioner(x)\n"
+            "    for i in torch.argsort(m_in).tolist():\n"
+            "        s, t = conditioner(x)\n"
             "        x = x.clone()\n"
-            "        x[:, i] = (z[:, i] - beta[:, i]) / alpha[:, i]\n"
-            "    alpha, _ = conditioner(x)\n"
-            "    return x, -torch.log(alpha).sum(dim=1)\n",
-            # >= also for the output mask: hidden masks right (1), output mask wrong (0)
-            "q4_answer": "def made_masks(degrees):\n"
-            "    masks = [(b[:, None] >= a[None, :]).to(torch.float64) for a, b in zip(degrees[:-1], degrees[1:])]\n"
-            "    return masks + [(degrees[0][:, None] >= degrees[-1][None, :]).to(torch.float64)]\n",
-            # q2, q5, q6 right (1 + 2 + 2)
+            "        x[:, i] = (z[:, i] - t[:, i]) * torch.exp(-s[:, i])\n"
+            "    return x\n",
+            # q1 (3), q5 (1) and q6 (2) right
         },
         8.0,
     ),

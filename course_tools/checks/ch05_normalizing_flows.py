@@ -1,7 +1,8 @@
 """Visible tests of chapter 5 (normalizing flows).
 
-Each test says what was expected. They use small, hand-checkable inputs; the hidden tests, run when grading,
-use other inputs (random batches, negative scales, other masks and orderings).
+Each test says what was expected. They use small, hand-checkable inputs and literal values (computed once and
+confirmed by another route: the slogdet of an autograd Jacobian, a round trip, torch.distributions); the hidden
+tests, run when grading, use other inputs (random batches, scattered masks, other orderings, other data).
 """
 
 from __future__ import annotations
@@ -13,217 +14,196 @@ import torch
 from course_tools.check import expect, need, visible
 from course_tools.checks._common import F64, LOG_2PI, close, fmt, tensor, tensors
 
-
-# ---------------------------------------------------------------- Q1 change of variables in 1-D
-@visible("ch05.q1.increasing", "Q1 f(x) = (x - 1) / 5 turns N(0, 1) into N(1, 25): log-density at 5 points")
-def _q1_increasing(ns):
-    f = need(ns, "cov_log_prob_1d")
-    x = torch.tensor([-9.0, -1.0, 1.0, 3.5, 11.0], dtype=F64)
-    got = tensor(f(x, lambda v: (v - 1) / 5), "cov_log_prob_1d(x, f)", shape=(5,))
-    expect(got.dtype == F64, f"keep the input dtype: expected float64, got {got.dtype}")
-    expect(not got.requires_grad, "return a detached tensor (call .detach() on the result)")
-    want = -0.5 * (x - 1) ** 2 / 25 - 0.5 * math.log(2 * math.pi * 25)
-    expect(
-        close(got, want),
-        f"expected log N(x; 1, 25) = {fmt(want)}, got {fmt(got)} "
-        f"(forgot log|f'(x)| = log(1/5)? that would give {fmt(want + math.log(5))})",
-    )
+# ---------------------------------------------------------------- Q1 sinh-arcsinh coupling
+_MASK1 = torch.tensor([False, True, False])
 
 
-@visible("ch05.q1.decreasing", "Q1 a decreasing map f(x) = -2x: the derivative enters with its absolute value")
-def _q1_decreasing(ns):
-    f = need(ns, "cov_log_prob_1d")
-    x = torch.tensor([-1.0, 0.0, 0.5], dtype=F64)
-    got = tensor(f(x, lambda v: -2 * v), "cov_log_prob_1d(x, f)", shape=(3,))
-    want = -0.5 * (2 * x) ** 2 - 0.5 * LOG_2PI + math.log(2)
-    expect(
-        close(got, want),
-        f"expected log N(-2x; 0, 1) + log 2 = {fmt(want)}, got {fmt(got)} "
-        "(nan here usually means log of a negative derivative: use its absolute value)",
-    )
+def _net1(xa):
+    return torch.cat([0.5 * xa, -0.3 * xa], 1), torch.cat([0.2 + 0 * xa, xa], 1)
 
 
-# ---------------------------------------------------------------- Q2 LU log-det
-@visible("ch05.q2.lu", "Q2 log|det(P L U)| of a 3x3 example equals log(2 * 0.5 * 3) = log 3")
-def _q2_lu(ns):
-    f = need(ns, "lu_logabsdet")
-    perm = torch.tensor([2, 0, 1])
-    L = torch.tensor([[1.0, 0.0, 0.0], [0.3, 1.0, 0.0], [-2.0, 0.7, 1.0]], dtype=F64)
-    U = torch.tensor([[2.0, 1.0, -1.0], [0.0, -0.5, 4.0], [0.0, 0.0, 3.0]], dtype=F64)
-    got = tensor(f(perm, L, U), "lu_logabsdet(perm, L, U)", shape=())
-    expect(
-        close(got, torch.tensor(math.log(3.0), dtype=F64)),
-        f"expected log 3 = {math.log(3):.6f}, got {got.item():.6f} (|det P| = 1 and det L = 1; "
-        "the absolute value matters: one diagonal entry of U is negative)",
-    )
+def _zero_net(xa):
+    return xa.new_zeros(xa.shape[0], 2), xa.new_zeros(xa.shape[0], 2)
 
 
-# ---------------------------------------------------------------- Q3 affine autoregressive layer
-def _ar_conditioner():
-    A = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [-0.3, 0.8, 0.0]], dtype=F64)
-    B = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.2, -0.4, 0.0]], dtype=F64)
-    c = torch.tensor([0.1, -0.2, 0.3], dtype=F64)
-    sign = torch.tensor([1.0, 1.0, -1.0], dtype=F64)
-
-    def conditioner(x):
-        return sign * torch.exp(c + torch.tanh(x @ A.T)), x @ B.T + 0.5
-
-    return conditioner
-
-
-_X3 = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.7]], dtype=F64)
-# z and log|det dz/dx| of _X3 under _ar_conditioner, computed once; the log-dets agree with slogdet of the
-# autograd Jacobian, and the model ar_inverse maps _Z3 back to _X3
-_Z3 = torch.tensor(
-    [[1.0525854590378239, -0.045942781977002856, -0.28835231824327345], [0.5, 0.7456192259233945, 1.5758064431493093]],
-    dtype=F64,
-)
-_LOGDET3 = torch.tensor([-0.2948643888702952, 0.435495749538498], dtype=F64)
+_X1 = torch.tensor([[0.5, -1.0, 2.0], [-1.5, 0.4, 0.3]], dtype=F64)
+# z and log|det dz/dx| of _X1, computed once; the log-dets agree with slogdet of the autograd Jacobian
+_Z1 = torch.tensor([[0.5119445187524889, -1.0, 1.097559183425217], [-1.6195263761927639, 0.4, 0.7117162420080564]],
+                   dtype=F64)
+_LD1 = torch.tensor([-0.6046260620279543, 0.29612414109250884], dtype=F64)
+# a separate z for the inverse; the forward maps _XI1 back to _ZI1 (round trip 2e-15)
+_ZI1 = torch.tensor([[1.0, 0.7, -2.0], [0.25, -1.2, 3.0]], dtype=F64)
+_XI1 = torch.tensor([[0.4988196641321699, 0.7, -7.003078651115038], [0.0865974022579428, -1.2, 4.0463726475341275]],
+                    dtype=F64)
+_LDI1 = torch.tensor([0.7762498524707302, 0.4895931343711193], dtype=F64)
 
 
-@visible("ch05.q3.forward", "Q3 ar_forward returns z = alpha * x + beta for a 3-d example")
-def _q3_forward(ns):
-    f = need(ns, "ar_forward")
-    cond = _ar_conditioner()
-    z, _ = tensors(f(_X3.clone(), cond), "ar_forward(x, conditioner)")
+@visible("ch05.q1.forward", "Q1 sas_coupling_forward: the identity when s = t = 0, and z for a 3-d example")
+def _q1_forward(ns):
+    f = need(ns, "sas_coupling_forward")
+    z0, ld0 = tensors(f(_X1.clone(), _MASK1.clone(), _zero_net), "sas_coupling_forward(x, mask, net)")
+    z0, ld0 = tensor(z0, "z", shape=(2, 3)), tensor(ld0, "logdet", shape=(2,))
+    expect(close(z0, _X1) and close(ld0, torch.zeros(2, dtype=F64)),
+           "with s = t = 0 the transformer is sinh(asinh(x)) = x: expected z = x and log-det 0")
+    z, _ = tensors(f(_X1.clone(), _MASK1.clone(), _net1), "sas_coupling_forward(x, mask, net)")
     z = tensor(z, "z", shape=(2, 3))
-    expect(close(z, _Z3), f"expected z = {fmt(_Z3)}, got {fmt(z)}")
+    expect(torch.equal(z[:, _MASK1], _X1[:, _MASK1]), "the entries with mask True must be copied unchanged")
+    expect(close(z, _Z1), f"expected z = {fmt(_Z1)}, got {fmt(z)} (entries in their original positions)")
 
 
-@visible("ch05.q3.logdet", "Q3 ar_forward's log-det is sum_i log|alpha_i| (one alpha is negative)")
-def _q3_logdet(ns):
-    f = need(ns, "ar_forward")
-    cond = _ar_conditioner()
-    _, ld = tensors(f(_X3.clone(), cond), "ar_forward(x, conditioner)")
+@visible("ch05.q1.logdet", "Q1 sas_coupling_forward's log-det for the 3-d example")
+def _q1_logdet(ns):
+    f = need(ns, "sas_coupling_forward")
+    _, ld = tensors(f(_X1.clone(), _MASK1.clone(), _net1), "sas_coupling_forward(x, mask, net)")
     ld = tensor(ld, "logdet", shape=(2,))
     expect(
-        close(ld, _LOGDET3),
-        f"expected sum_i log|alpha_i| = {fmt(_LOGDET3)}, got {fmt(ld)} "
-        "(nan: log of a negative alpha; sum_i |alpha_i| would be [2.7953, 3.6322], which is the slide's mistake)",
+        close(ld, _LD1),
+        f"expected log|det dz/dx| = {fmt(_LD1)}, got {fmt(ld)} (the sum over b of log dz_i/dx_i; "
+        "sum(s) alone, the affine coupling's log-det, would give [-0.8, 0.32])",
     )
 
 
-@visible("ch05.q3.inverse", "Q3 ar_inverse undoes ar_forward and its log-det is the negative of the forward one")
-def _q3_inverse(ns):
-    g = need(ns, "ar_inverse")
-    cond = _ar_conditioner()
-    z = _Z3
-    z_in = z.clone()
-    x, ld = tensors(g(z_in, cond), "ar_inverse(z, conditioner)")
+@visible("ch05.q1.inverse", "Q1 sas_coupling_inverse: x and log|det dx/dz| for a 3-d example")
+def _q1_inverse(ns):
+    g = need(ns, "sas_coupling_inverse")
+    z_in = _ZI1.clone()
+    x, ld = tensors(g(z_in, _MASK1.clone(), _net1), "sas_coupling_inverse(z, mask, net)")
     x, ld = tensor(x, "x", shape=(2, 3)), tensor(ld, "logdet", shape=(2,))
-    expect(torch.equal(z_in, z), "ar_inverse modified its input z in place")
-    expect(
-        close(x, _X3),
-        f"expected x = {fmt(_X3)}, got {fmt(x)} (solve for x_1 first, then x_2 with the conditioner "
-        "evaluated at the x recovered so far, ...)",
-    )
-    want = -_LOGDET3
-    expect(close(ld, want), f"expected log|det dx/dz| = -sum_i log|alpha_i| = {fmt(want)}, got {fmt(ld)}")
+    expect(torch.equal(z_in, _ZI1), "sas_coupling_inverse modified its input z in place")
+    expect(close(x, _XI1), f"expected x = {fmt(_XI1)}, got {fmt(x)} (undo sinh, then the affine step, then asinh)")
+    expect(close(ld, _LDI1), f"expected log|det dx/dz| = {fmt(_LDI1)}, got {fmt(ld)}")
 
 
-# ---------------------------------------------------------------- Q4 MADE masks
+# ---------------------------------------------------------------- Q2 MADE masks
 _DEG = [torch.tensor([1, 2, 3]), torch.tensor([1, 2, 1, 2])]
 
 
-@visible("ch05.q4.hidden", "Q4 the input-to-hidden mask for d = 3 and hidden degrees (1, 2, 1, 2)")
-def _q4_hidden(ns):
+def _mask_list(f, degrees, n):
+    masks = f([d.clone() for d in degrees])
+    expect(isinstance(masks, (list, tuple)) and len(masks) == n, f"expected a list of {n} masks")
+    return masks
+
+
+@visible("ch05.q2.hidden", "Q2 the input-to-hidden mask for d = 3 and hidden degrees (1, 2, 1, 2)")
+def _q2_hidden(ns):
     f = need(ns, "made_masks")
-    masks = f([d.clone() for d in _DEG])
-    expect(isinstance(masks, (list, tuple)) and len(masks) == 2, "expected a list of 2 masks for 1 hidden layer")
-    m = tensor(masks[0], "mask 1", shape=(4, 3))
+    m = tensor(_mask_list(f, _DEG, 2)[0], "mask 1", shape=(4, 3))
     want = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 0]], dtype=F64)
     expect(m.dtype == F64, f"masks should be float64 tensors of 0s and 1s, got {m.dtype}")
-    expect(
-        torch.equal(m, want),
-        f"expected rows (hidden units) {want.int().tolist()}, got {m.int().tolist()} (keep m(k) >= m(j))",
-    )
+    expect(torch.equal(m, want), f"expected rows (hidden units) {want.int().tolist()}, got {m.int().tolist()} "
+           "(a hidden unit of degree 1 must see the input of degree 1)")
 
 
-@visible("ch05.q4.output", "Q4 the hidden-to-output mask uses a strict inequality: output 1 sees nothing")
-def _q4_output(ns):
+@visible("ch05.q2.output", "Q2 the output mask for the same case, and every allowed connection with 2 hidden layers")
+def _q2_output(ns):
     f = need(ns, "made_masks")
-    masks = f([d.clone() for d in _DEG])
-    expect(isinstance(masks, (list, tuple)) and len(masks) == 2, "expected a list of 2 masks for 1 hidden layer")
-    m = tensor(masks[1], "the output mask", shape=(3, 4))
+    m = tensor(_mask_list(f, _DEG, 2)[1], "the output mask", shape=(3, 4))
     want = torch.tensor([[0, 0, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]], dtype=F64)
-    expect(
-        torch.equal(m.to(F64), want),
-        f"expected rows (outputs) {want.int().tolist()}, got {m.int().tolist()} "
-        "(the output rule is m(i) > m(k), strictly: otherwise output i could see x_i itself)",
-    )
+    expect(torch.equal(m.to(F64), want), f"expected rows (outputs) {want.int().tolist()}, got {m.int().tolist()}")
+    # ordering 2, 4, 1, 3 and two hidden layers with every degree 1..3: output i may use input j iff m(j) < m(i)
+    degrees = [torch.tensor([2, 4, 1, 3]), torch.tensor([1, 2, 3, 3, 2, 1]), torch.tensor([3, 1, 2, 1, 2])]
+    m1, m2, m3 = _mask_list(f, degrees, 3)
+    paths = tensor(m3, "the output mask", shape=(4, 5)) @ tensor(m2, "mask 2", shape=(5, 6)) @ tensor(
+        m1, "mask 1", shape=(6, 4))
+    want = torch.tensor([[0, 0, 1, 0], [1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
+    expect(torch.equal((paths > 0).int(), want),
+           f"expected the connections (paths > 0) {want.tolist()}, got {(paths > 0).int().tolist()}")
 
 
-# ---------------------------------------------------------------- Q5 affine coupling
-_MASK = torch.tensor([True, False, True, False])
+# ---------------------------------------------------------------- Q3 passes
+def _pair_of_ints(out, what):
+    expect(isinstance(out, (tuple, list)) and len(out) == 2, f"{what} should return a tuple of two integers")
+    return [int(v) if isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1) else v for v in out]
 
 
-def _net(xa):
-    s = 0.5 * torch.tanh(xa[:, :1] + xa[:, 1:]).repeat(1, 2) * torch.tensor([1.0, -1.0], dtype=xa.dtype)
-    t = xa.flip(1) * 0.3
-    return s, t
+@visible("ch05.q3.layer", "Q3 one layer: the lecture's d = 64 case, and d = 4 with degrees (1, 1, 2, 2)")
+def _q3_layer(ns):
+    f = need(ns, "sampling_passes")
+    got = _pair_of_ints(f([("MAF", torch.arange(1, 65))]), "sampling_passes")
+    expect(got == [1, 64], f"a MAF with 64 different degrees: expected (1, 64) as measured in lecture 5.2, got {got}")
+    got = _pair_of_ints(f([("MAF", torch.tensor([1, 1, 2, 2]))]), "sampling_passes")
+    expect(got == [1, 2], f"a MAF with degrees (1, 1, 2, 2): expected (1, 2), got {got} (x_1 and x_2 are "
+           "found in the same pass, then x_3 and x_4; the second pass also gives every scale)")
+    got = _pair_of_ints(f([("IAF", torch.tensor([1, 1, 2, 2]))]), "sampling_passes")
+    expect(got == [2, 1], f"an IAF with degrees (1, 1, 2, 2): expected (2, 1), got {got}")
 
 
-_X5 = torch.tensor([[1.0, 2.0, -1.0, 0.5], [0.3, -0.2, 0.8, -1.5]], dtype=F64)
+@visible("ch05.q3.stack", "Q3 a stack: MAF with degrees (1, 2, 3), then IAF with degrees (2, 2, 1)")
+def _q3_stack(ns):
+    f = need(ns, "sampling_passes")
+    got = _pair_of_ints(f([("MAF", torch.tensor([1, 2, 3])), ("IAF", torch.tensor([2, 2, 1]))]), "sampling_passes")
+    expect(got == [3, 4], f"expected (1 + 2, 3 + 1) = (3, 4), got {got} (the passes of the layers add)")
 
 
-# z and log|det dz/dx| of _X5 under the coupling layer with _MASK and _net, computed once; the log-dets agree with
-# slogdet of the autograd Jacobian (s sums to 0 here), and the model coupling_inverse maps _Z5 back to _X5
-_Z5 = torch.tensor([[1.0, 1.7, -1.0, 0.8], [0.3, -0.05843939411519938, 0.8, -0.9152292221321098]], dtype=F64)
-_LOGDET5 = torch.tensor([0.0, 0.0], dtype=F64)
+# ---------------------------------------------------------------- Q4 sampling from a MAF
+def _linear_conditioner(m_in, calls):
+    """s constant, t linear in the earlier coordinates (x is then Gaussian); counts its calls."""
+    d = m_in.numel()
+    allowed = (m_in[None, :] < m_in[:, None]).to(F64)
+    B = allowed * torch.linspace(-0.9, 0.9, d * d, dtype=F64).reshape(d, d)
+    s = torch.linspace(-0.5, 0.5, d, dtype=F64)
+
+    def conditioner(x):
+        calls.append(1)
+        return s.expand(x.shape[0], d), x @ B.T + 0.3
+
+    return conditioner, s, B
 
 
-@visible("ch05.q5.forward", "Q5 coupling_forward copies x_a, transforms x_b, and returns sum(s) as log-det")
-def _q5_forward(ns):
-    f = need(ns, "coupling_forward")
-    z, ld = tensors(f(_X5.clone(), _MASK.clone(), _net), "coupling_forward(x, mask, net)")
-    z, ld = tensor(z, "z", shape=(2, 4)), tensor(ld, "logdet", shape=(2,))
-    want_z, want_ld = _Z5, _LOGDET5
-    expect(torch.equal(z[:, _MASK], _X5[:, _MASK]), "the entries with mask True must be copied unchanged")
-    expect(close(z, want_z), f"expected z = {fmt(want_z)}, got {fmt(z)} (entries in their original positions)")
-    expect(close(ld, want_ld), f"expected log-det = sum of s = {fmt(want_ld)}, got {fmt(ld)}")
+def _check_sampler(ns, m_in, seed):
+    f = need(ns, "maf_sample")
+    calls: list = []
+    cond, s, B = _linear_conditioner(m_in, calls)
+    n, d = 4000, m_in.numel()
+    x = tensor(f(n, cond, m_in.clone(), torch.Generator().manual_seed(seed)), "maf_sample(...)", shape=(n, d))
+    levels = len(set(m_in.tolist()))
+    expect(len(calls) <= levels, f"expected at most {levels} conditioner calls (the distinct degrees), "
+           f"the sampler made {len(calls)}")
+    expect(x.dtype == F64 and bool(torch.isfinite(x).all()), "expected finite float64 samples")
+    z = x * torch.exp(s) + x @ B.T + 0.3  # back through the normalizing direction: should be N(0, I)
+    se = 1 / math.sqrt(n)
+    expect(bool((z.mean(0).abs() < 5 * se).all()) and bool(((z.var(0) - 1).abs() < 5 * math.sqrt(2) * se).all()),
+           f"mapped back through the layer, the samples should look N(0, 1) per coordinate: means "
+           f"{fmt(z.mean(0), 3)}, variances {fmt(z.var(0), 3)} (5 standard errors: {5 * se:.3f}, "
+           f"{5 * math.sqrt(2) * se:.3f}); did you fill the coordinates in the order of their degrees?")
 
 
-@visible("ch05.q5.inverse", "Q5 coupling_inverse undoes coupling_forward, with the opposite log-det")
-def _q5_inverse(ns):
-    g = need(ns, "coupling_inverse")
-    z, ld_f = _Z5, _LOGDET5
-    z_in = z.clone()
-    x, ld = tensors(g(z_in, _MASK.clone(), _net), "coupling_inverse(z, mask, net)")
-    x, ld = tensor(x, "x", shape=(2, 4)), tensor(ld, "logdet", shape=(2,))
-    expect(torch.equal(z_in, z), "coupling_inverse modified its input z in place")
-    expect(close(x, _X5), f"expected x = {fmt(_X5)}, got {fmt(x)}")
-    expect(close(ld, -ld_f), f"expected log|det dx/dz| = -sum of s = {fmt(-ld_f)}, got {fmt(ld)}")
+@visible("ch05.q4.distinct", "Q4 4000 samples for degrees (2, 3, 1): at most 3 passes, right distribution")
+def _q4_distinct(ns):
+    _check_sampler(ns, torch.tensor([2, 3, 1]), 5)
 
 
-# ---------------------------------------------------------------- Q6 NLL of a flow
-@visible("ch05.q6.single", "Q6 one layer z = 2x: NLL of three 2-d points")
-def _q6_single(ns):
-    f = need(ns, "flow_nll")
-    x = torch.tensor([[0.0, 0.0], [0.5, -0.5], [1.0, 0.25]], dtype=F64)
-
-    def double(h):
-        return 2 * h, torch.full((h.shape[0],), 2 * math.log(2.0), dtype=h.dtype)
-
-    got = tensor(f(x.clone(), [double]), "flow_nll(x, layers)", shape=())
-    want = 1.4932493719561215  # x ~ N(0, I / 4): -log_prob of torch.distributions.MultivariateNormal, averaged
-    expect(
-        close(got, want),
-        f"expected {want:.6f} nats, got {got.item():.6f} "
-        "(the average of -log p_Z(z) - log-det; log p_Z includes -(d/2) log 2 pi)",
-    )
+@visible("ch05.q4.ties", "Q4 4000 samples for degrees (1, 2, 1, 2, 3): at most 3 passes, right distribution")
+def _q4_ties(ns):
+    _check_sampler(ns, torch.tensor([1, 2, 1, 2, 3]), 6)
 
 
-@visible("ch05.q6.stack", "Q6 two layers: log-dets add and the second layer acts on the first's output")
-def _q6_stack(ns):
-    f = need(ns, "flow_nll")
-    x = torch.tensor([[0.2, -0.1, 0.4]], dtype=F64)
+# ---------------------------------------------------------------- Q5 NLL of the 1-D flow
+@visible("ch05.q5", "Q5 sas_nll at theta = 0 (a standard normal) and at theta = (0.5, 0.3, -0.2, 0.4)")
+def _q5(ns):
+    f = need(ns, "sas_nll")
+    x = torch.tensor([-1.0, 0.0, 2.0], dtype=F64)
+    got = tensor(f(torch.zeros(4, dtype=F64), x.clone()), "sas_nll(theta, x)", shape=())
+    want = 0.5 * 5 / 3 + 0.5 * LOG_2PI
+    expect(close(got, want), f"theta = 0 is the identity map: expected the N(0, 1) NLL {want:.6f}, "
+           f"got {got.item():.6f}")
+    theta = torch.tensor([0.5, 0.3, -0.2, 0.4], dtype=F64, requires_grad=True)
+    got = tensor(f(theta, x.clone()), "sas_nll(theta, x)", shape=())
+    want = 1.8823372796824798  # log N(z(x)) + log dz/dx with dz/dx from autograd, averaged
+    expect(close(got, want), f"expected {want:.6f} nats, got {got.item():.6f} (both layers' log-dets: -l, "
+           "and the transformer's)")
+    expect(got.requires_grad, "sas_nll should stay differentiable in theta (it is Q6's loss): do not detach")
 
-    def shift(h):
-        return h - 1.0, h.new_zeros(h.shape[0])
 
-    def halve(h):
-        return 0.5 * h, torch.full((h.shape[0],), 3 * math.log(0.5), dtype=h.dtype)
-
-    got = tensor(f(x.clone(), [shift, halve]), "flow_nll(x, layers)", shape=())
-    want = 5.112507141293854  # x = 1 + 2 z ~ N(1, 4 I): -log_prob of torch.distributions.Normal(1, 2), summed
-    expect(close(got, want), f"expected {want:.6f} nats, got {got.item():.6f} (apply the layers in order)")
+# ---------------------------------------------------------------- Q6 training
+@visible("ch05.q6", "Q6 fit_sas(x, 200, 0.1) on 200 skewed points gets within 0.02 nats of the best NLL")
+def _q6(ns):
+    f, nll = need(ns, "fit_sas"), need(ns, "sas_nll")
+    u = torch.rand(200, 3, generator=torch.Generator().manual_seed(7), dtype=F64)
+    x = -torch.log(u).sum(1) - 1.0  # Gamma(3, 1) minus 1: skewed to the right
+    theta = tensor(f(x.clone(), 200, 0.1), "fit_sas(x, steps, lr)", shape=(4,), dtype=F64)
+    expect(not theta.requires_grad, "return a detached tensor (call .detach() on the result)")
+    best = 1.8794179352212461  # the minimum, found by Newton steps with the exact Hessian (at theta = 0: 4.5176)
+    got = float(nll(theta, x))
+    expect(got <= best + 0.02, f"expected an NLL (by your sas_nll) at most {best + 0.02:.4f} nats, got {got:.4f} "
+           "(Adam from theta = 0, with bias correction; is Q5 right?)")
