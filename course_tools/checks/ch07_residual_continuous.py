@@ -40,7 +40,8 @@ def _q1_map(ns):
     z = _tensor(z, "z", (2, 3))
     want = torch.tensor([[1.0716699660851172, -0.16303698841929448, -0.9022560570762939],
                          [-0.3452140341355209, 0.3343594826616922, -0.8139329994589053]], dtype=F64)
-    expect(close(z, want), f"expected z = {_rows(want)}, got {_rows(z)} (tanh of the m-vector B x + b, then A times it)")
+    expect(close(z, want),
+           f"expected z = {_rows(want)}, got {_rows(z)} (tanh of the m-vector B x + b, then A times it)")
 
 
 @visible("ch07.q1.logdet", "Q1 log|det J| equals slogdet of the 3x3 autograd Jacobian; m = 1 is the planar layer")
