@@ -207,17 +207,18 @@ def q4_values(student):
 
 @checks.cell("q4_unbiased_test")
 def q4_unbiased(student):
-    """averaged over 20 000 geometric draws, the estimate matches log det(I + J) within 5 standard errors"""
+    """averaged over 1500 geometric draws, the estimate matches log det(I + J) within 5 standard errors"""
+    # 1500 results: a larger payload than about 64 KB makes the kernel's messaging start a thread
     J = _normalised(421, 3, 0.5)
-    eps, N = _draws(422, 20000, 3, 0.4)
-    got = expect_tensor(student.roulette_logdet(J, eps, N, 0.4), "roulette_logdet", shape=(20000,), dtype=F64)
+    eps, N = _draws(423, 1500, 3, 0.3)
+    got = expect_tensor(student.roulette_logdet(J, eps, N, 0.3), "roulette_logdet", shape=(1500,), dtype=F64)
     expect(bool(torch.isfinite(got).all()), "the estimates should be finite")
     exact = torch.linalg.slogdet(torch.eye(3, dtype=F64) + J).logabsdet
     se = got.std() / math.sqrt(got.numel())
     expect(abs(float(got.mean() - exact)) < 5 * float(se),
            "the average of many estimates is not log det(I + J): the estimator is biased")
-    # the same draws through the reference: the average is exact in expectation, the draws must match too
-    expect_close(got[:200], _roulette_ref(J, eps[:200], N[:200], 0.4), "the estimates for given probes and N are wrong")
+    # the same draws through the reference, one at a time
+    expect_close(got[:100], _roulette_ref(J, eps[:100], N[:100], 0.3), "the estimates for given probes and N are wrong")
 
 
 # ---------------------------------------------------------------- Q5 linear CNF
