@@ -1106,22 +1106,20 @@ DESIGNED_PARTIALS = {
     ),
     "ch07_residual_continuous": (
         {
-            # planar log-det without the absolute value: q1_map (1) passes, q1_logdet (2) gets nan on det < 0
-            "q1_answer": "def planar_forward(x, w, u, b):\n"
-            "    t = torch.tanh(x @ w + b)\n"
-            "    return x + t[:, None] * u, torch.log(1 + (1 - t**2) * (u @ w))\n",
-            # standard error divided by n instead of sqrt(n): q3_estimate (2) passes, q3_stderr (1) fails
-            "q3_answer": "def hutchinson_trace(A, n, generator):\n"
-            "    eps = torch.randint(0, 2, (n, A.shape[0]), generator=generator).to(A.dtype) * 2 - 1\n"
-            "    v = ((eps @ A) * eps).sum(1)\n"
-            "    return v.mean(), v.std() / n\n",
-            # power series without the alternating sign: both q5 cells (3) fail; q2, q4, q6, q7 right (8)
-            "q5_answer": "def series_logdet(J, n_terms):\n"
-            "    total = torch.zeros(J.shape[0], dtype=J.dtype)\n"
-            "    Jk = torch.eye(J.shape[1], dtype=J.dtype).expand_as(J)\n"
+            # log det instead of log|det|: q1_map (1) passes, q1_logdet (2) gets nan where the determinant is < 0
+            "q1_answer": "def sylvester_forward(x, A, B, b):\n"
+            "    act = torch.tanh(x @ B.T + b)\n"
+            "    small = torch.eye(A.shape[1], dtype=x.dtype) + (1 - act**2)[:, :, None] * (B @ A)\n"
+            "    return x + act @ A.T, torch.logdet(small)\n",
+            # adds the variances of the terms as if each had its own probe: the Rademacher and the Gaussian
+            # cells both fail (0 of 3); q2, q4, q5, q6 right (2 + 3 + 2 + 3)
+            "q3_answer": "def series_probe_variance(J, n_terms, probe):\n"
+            "    total = torch.zeros((), dtype=J.dtype)\n"
             "    for k in range(1, n_terms + 1):\n"
-            "        Jk = Jk @ J\n"
-            "        total = total + Jk.diagonal(dim1=1, dim2=2).sum(-1) / k\n"
+            "        S = torch.linalg.matrix_power(J, k) / k\n"
+            "        S = (S + S.T) / 2\n"
+            "        off = (S**2).sum() - (S.diagonal() ** 2).sum()\n"
+            "        total = total + 2 * (off if probe == 'rademacher' else (S**2).sum())\n"
             "    return total\n",
         },
         11.0,

@@ -1,7 +1,9 @@
 """Visible tests of chapter 7 (residual and continuous-time flows).
 
 Each test says what was expected. They are small: the hidden tests, run when grading, use other inputs (random
-parameters, batches, other dimensions) and are decided outside the student's kernel.
+parameters, other dimensions) and are decided outside the student's kernel. Expected values are literals computed
+once and confirmed by another route (the slogdet of an autograd Jacobian, a measurement, an enumeration of every
+sign vector), written in the comments.
 """
 
 from __future__ import annotations
@@ -17,185 +19,129 @@ from course_tools.checks._common import F64, close, fmt, tensor, tensors
 _tensor = functools.partial(tensor, dtype=F64, why="keep the input dtype")
 
 
-def _planar_case():
-    x = torch.tensor([[0.5, -1.0], [2.0, 0.3], [0.0, 0.0]], dtype=F64)
-    w = torch.tensor([1.0, 2.0], dtype=F64)
-    u = torch.tensor([0.5, -0.2], dtype=F64)
-    b = torch.tensor(0.1, dtype=F64)
-    return x, w, u, b
+def _rows(t):
+    return [[round(v, 4) for v in r] for r in t.tolist()]
 
 
-# u^T w = -2.5 < -1: the planar map is not invertible, and det J = 1 + h'(a) u^T w < 0 at the third point
-_U_FOLD = torch.tensor([-1.5, -0.5], dtype=F64)
+# ---------------------------------------------------------------- Q1 Sylvester layer, unconstrained factors
+def _sylvester_case():
+    x = torch.tensor([[0.5, -1.0, 0.2], [0.0, 0.3, -0.4]], dtype=F64)
+    A = torch.tensor([[1.0, 0.0], [0.5, -1.0], [0.0, 2.0]], dtype=F64)
+    B = torch.tensor([[0.3, -0.2, 1.0], [0.0, 0.5, 0.4]], dtype=F64)
+    b = torch.tensor([0.1, -0.2], dtype=F64)
+    return x, A, B, b
 
 
-# ---------------------------------------------------------------- Q1 planar layer
-@visible("ch07.q1.map", "Q1 planar map z = x + u tanh(w^T x + b) on 3 points in 2-d")
+@visible("ch07.q1.map", "Q1 map z = x + A tanh(B x + b) on 2 points, d = 3, m = 2")
 def _q1_map(ns):
-    planar_forward = need(ns, "planar_forward")
-    x, w, u, b = _planar_case()
-    z, _ = tensors(planar_forward(x.clone(), w.clone(), u.clone(), b.clone()), "planar_forward")
-    z = _tensor(z, "z", (3, 2))
-    want = torch.tensor(
-        [[0.057324175898868734, -0.8229296703595474], [2.495503726839059, 0.10179850926437645],
-         [0.04983399731247791, -0.019933598924991164]],
-        dtype=F64,
-    )
-    expect(
-        close(z, want),
-        f"expected z = {[[round(v, 4) for v in r] for r in want.tolist()]}, got "
-        f"{[[round(v, 4) for v in r] for r in z.tolist()]} (tanh of the scalar w^T x + b, times the vector u)",
-    )
+    sylvester_forward = need(ns, "sylvester_forward")
+    x, A, B, b = _sylvester_case()
+    z, _ = tensors(sylvester_forward(x.clone(), A.clone(), B.clone(), b.clone()), "sylvester_forward")
+    z = _tensor(z, "z", (2, 3))
+    want = torch.tensor([[1.0716699660851172, -0.16303698841929448, -0.9022560570762939],
+                         [-0.3452140341355209, 0.3343594826616922, -0.8139329994589053]], dtype=F64)
+    expect(close(z, want),
+           f"expected z = {_rows(want)}, got {_rows(z)} (tanh of the m-vector B x + b, then A times it)")
 
 
-@visible("ch07.q1.logdet", "Q1 planar log-det log|1 + h'(a) u^T w| equals slogdet of the Jacobian")
+@visible("ch07.q1.logdet", "Q1 log|det J| equals slogdet of the 3x3 autograd Jacobian; m = 1 is the planar layer")
 def _q1_logdet(ns):
-    planar_forward = need(ns, "planar_forward")
-    x, w, u, b = _planar_case()
-    # slogdet of the autograd Jacobian of the map at each point, computed once
-    for u_, want in (
-        (u, [0.02138494917862927, 0.0017888217793318709, 0.09440670732753619]),
-        (_U_FOLD, [-0.7773577146230467, -0.04579325462265393, 0.3887703408487089]),
-    ):
-        _, ld = tensors(planar_forward(x.clone(), w.clone(), u_.clone(), b.clone()), "planar_forward")
-        ld = _tensor(ld, "logdet", (3,))
-        expect(
-            close(ld, want),
-            f"for u = {u_.tolist()} expected log|det J| = {fmt(want, 6)}, got {fmt(ld, 6)} "
-            "(h'(a) = 1 - tanh(a)^2; did you use tanh(a) instead, or forget the log? With u^T w = -2.5 "
-            "det J is negative at x = 0: the log of its absolute value)",
-        )
+    sylvester_forward = need(ns, "sylvester_forward")
+    x, A, B, b = _sylvester_case()
+    # log|det| of the 3x3 autograd Jacobian at each point, computed once; with -2 A both determinants are negative
+    for scale, want in ((1.0, [0.10781807780987568, 0.048978169920310344]),
+                        (-2.0, [-0.5013440864755572, 0.4568549307176081])):
+        _, ld = tensors(sylvester_forward(x.clone(), scale * A, B.clone(), b.clone()), "sylvester_forward")
+        ld = _tensor(ld, "logdet", (2,))
+        expect(close(ld, want), f"for {scale:g} A expected log|det J| = {fmt(want, 6)}, got {fmt(ld, 6)} "
+               "(Sylvester's identity turns det(I_d + A diag(h') B) into an m x m determinant; h' = 1 - tanh^2; "
+               "with -2 A the determinants are negative: the log of their absolute value)")
+    # m = 1 is a planar layer with u = A[:, 0], w = B[0]: log|1 + h'(a) u^T w| (lecture 7.1)
+    u = torch.tensor([[0.4], [-1.0], [0.7]], dtype=F64)
+    w = torch.tensor([[1.0, 0.5, -0.3]], dtype=F64)
+    _, ld = tensors(sylvester_forward(x.clone(), u, w, torch.tensor([0.2], dtype=F64)), "sylvester_forward")
+    want = [-0.36240923962034394, -0.28831456810009337]
+    expect(close(ld, want), f"with m = 1 (a planar layer) expected {fmt(want, 6)}, got {fmt(ld, 6)}")
 
 
-# ---------------------------------------------------------------- Q2 u_hat
-@visible("ch07.q2.constraint", "Q2 u_hat: w^T u_hat = -1 + softplus(w^T u), only the w-component changes")
+# ---------------------------------------------------------------- Q2 error of the Euler log-det
+@visible("ch07.q2.error", "Q2 leading Euler log-det error for a rotation generator and a diagonal A")
 def _q2(ns):
-    planar_u_hat = need(ns, "planar_u_hat")
-    w = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
-    u = torch.tensor([-2.0, 1.0, 0.5], dtype=F64)
-    uh = _tensor(planar_u_hat(w.clone(), u.clone()), "u_hat", (3,))
-    m = -1 + math.log1p(math.exp(-2.0))
-    expect(close(uh @ w, m), f"expected w^T u_hat = -1 + softplus(-2) = {m:.6f}, got {float(uh @ w):.6f}")
-    expect(close(uh[1:], u[1:]), "the components of u orthogonal to w must not change")
-    big = planar_u_hat(w.clone(), torch.tensor([1000.0, 0.0, 0.0], dtype=F64))
-    expect(
-        bool(torch.isfinite(big).all()),
-        "got inf or nan for w^T u = 1000: compute log(1 + e^s) with torch.nn.functional.softplus",
-    )
+    euler_logdet_error = need(ns, "euler_logdet_error")
+    rotation = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)
+    got = _tensor(euler_logdet_error(rotation.clone(), 1.0, 10), "euler_logdet_error(A, 1.0, 10)", ())
+    # exact: 10 log det(I + 0.1 A) - 0 = 10 log(1.01) = 0.0995033 (the leading term is 0.1)
+    expect(close(got, 0.1), f"for A = [[0, 1], [-1, 0]], T = 1, K = 10 expected 0.1 (the measured error is "
+           f"10 log 1.01 = {10 * math.log(1.01):.6f}), got {got.item():.6f} (tr(A^2) is not the sum of the squared "
+           "entries of A unless A is symmetric; mind the sign)")
+    diag = torch.diag(torch.tensor([1.0, -2.0], dtype=F64))
+    got = _tensor(euler_logdet_error(diag.clone(), 2.0, 50), "euler_logdet_error(A, 2.0, 50)", ())
+    # measured: 50 log det(I + 0.04 A) - 2 tr A = -0.208045
+    expect(close(got, -0.2), f"for A = diag(1, -2), T = 2, K = 50 expected -0.2 (measured -0.208045), "
+           f"got {got.item():.6f} (the error grows like T^2 / K)")
 
 
-# ---------------------------------------------------------------- Q3 Hutchinson
-# the mean of the 50 probe values eps_i^T A eps_i from seed 0 and their sample std over sqrt(50), computed once
-# (and checked against plain Python sums over the same probes)
-_HUTCH_ESTIMATE, _HUTCH_STDERR = 3.696, 0.3970190968521615
+# ---------------------------------------------------------------- Q3 variance of the one-probe series
+_J3 = [[0.2, 0.5], [0.0, -0.1]]
 
 
-@visible("ch07.q3.estimate", "Q3 Hutchinson estimate with 50 probes drawn by torch.randint as specified")
-def _q3_estimate(ns):
-    hutchinson_trace = need(ns, "hutchinson_trace")
-    A = torch.tensor([[2.0, 1.0, 0.0], [0.5, -1.0, 0.3], [0.0, 2.0, 3.0]], dtype=F64)
-    out = tensors(hutchinson_trace(A.clone(), 50, torch.Generator().manual_seed(0)), "hutchinson_trace")
-    est = _tensor(out[0], "the estimate", ())
-    want = _HUTCH_ESTIMATE
-    diag = torch.eye(3, dtype=F64)
-    expect(
-        close(est, want),
-        f"expected {want:.6f}, got {est.item():.6f} (tr A = {torch.trace(A).item():.1f}; draw the probes "
-        "exactly as torch.randint(0, 2, (n, d), generator=generator).to(A.dtype) * 2 - 1 and average "
-        "eps_i^T A eps_i over the rows)",
-    )
-    out_d = hutchinson_trace(diag.clone(), 10, torch.Generator().manual_seed(1))
-    expect(close(out_d[0], 3.0), "for the identity matrix every probe gives exactly tr I = d = 3")
+@visible("ch07.q3.rademacher", "Q3 Rademacher probes: a 2x2 J with 2 terms, and a diagonal J")
+def _q3_rademacher(ns):
+    series_probe_variance = need(ns, "series_probe_variance")
+    J = torch.tensor(_J3, dtype=F64)
+    got = _tensor(series_probe_variance(J.clone(), 2, "rademacher"), "the variance", ())
+    # the 4 sign vectors (+-1, +-1) give the estimates 0.55, -0.4, -0.4, 0.55: population variance 0.225625
+    expect(close(got, 0.225625), f"expected 0.225625, got {got.item():.6f} (the four equally likely probes give "
+           "the estimates 0.55, -0.4, -0.4, 0.55; if you got 0.250625 you added the variances of the two terms "
+           "as if each had its own probe)")
+    diag = torch.diag(torch.tensor([0.5, -0.2], dtype=F64))
+    got = _tensor(series_probe_variance(diag, 3, "rademacher"), "the variance", ())
+    expect(close(got, 0.0), f"for a diagonal J every Rademacher probe gives the same estimate: expected 0, "
+           f"got {got.item():.6f}")
 
 
-@visible("ch07.q3.stderr", "Q3 standard error s / sqrt(n) of the same 50 probe values")
-def _q3_stderr(ns):
-    hutchinson_trace = need(ns, "hutchinson_trace")
-    A = torch.tensor([[2.0, 1.0, 0.0], [0.5, -1.0, 0.3], [0.0, 2.0, 3.0]], dtype=F64)
-    out = tensors(hutchinson_trace(A.clone(), 50, torch.Generator().manual_seed(0)), "hutchinson_trace")
-    se = _tensor(out[1], "the standard error", ())
-    want = _HUTCH_STDERR
-    expect(
-        close(se, want),
-        f"expected {want:.6f}, got {se.item():.6f} (sample standard deviation with n - 1, divided by sqrt(n))",
-    )
+@visible("ch07.q3.gaussian", "Q3 Gaussian probes: the same 2x2 J with 2 terms")
+def _q3_gaussian(ns):
+    series_probe_variance = need(ns, "series_probe_variance")
+    got = _tensor(series_probe_variance(torch.tensor(_J3, dtype=F64), 2, "gaussian"), "the variance", ())
+    expect(close(got, 0.312475), f"expected 0.312475, got {got.item():.6f} (Gaussian probes also see the diagonal)")
 
 
-# ---------------------------------------------------------------- Q4 fixed-point inverse
-@visible("ch07.q4.inverse", "Q4 fixed-point inverse of x + 0.5 tanh(x): exact iterate count and round trip")
-def _q4(ns):
-    fixed_point_inverse = need(ns, "fixed_point_inverse")
-
-    def g(y):
-        return 0.5 * torch.tanh(y)
-
-    z = torch.tensor([[1.0, -2.0], [0.3, 0.0]], dtype=F64)
-    x0 = _tensor(fixed_point_inverse(g, z.clone(), 0), "fixed_point_inverse(g, z, 0)", (2, 2))
-    expect(close(x0, z), "with n_iter = 0 the result is the starting point x_0 = z")
-    x2 = _tensor(fixed_point_inverse(g, z.clone(), 2), "fixed_point_inverse(g, z, 2)", (2, 2))
-    want = torch.tensor([[0.7247135935410074, -1.5458269623831045], [0.22343516496949822, 0.0]], dtype=F64)
-    expect(close(x2, want), "after 2 iterations expected x_2 = z - g(z - g(z)); do exactly n_iter updates")
-    x60 = fixed_point_inverse(g, z.clone(), 60)
-    expect(close(x60 + g(x60), z, 1e-10), "after 60 iterations x + g(x) should equal z (Lip(g) = 0.5)")
+# ---------------------------------------------------------------- Q4 Russian roulette
+_J4 = [[0.2, 0.1], [-0.3, 0.4]]
+_EPS4 = [[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]]
 
 
-# ---------------------------------------------------------------- Q5 series log-det
-@visible("ch07.q5.terms", "Q5 truncated series: 1 and 3 terms for a 2x2 Jacobian")
-def _q5_terms(ns):
-    series_logdet = need(ns, "series_logdet")
-    J = torch.tensor([[[0.2, 0.1], [0.0, -0.3]]], dtype=F64)
-    s1 = _tensor(series_logdet(J.clone(), 1), "series_logdet(J, 1)", (1,))
-    expect(close(s1, [-0.1]), f"with one term the series is tr J = -0.1, got {s1.item():.6f}")
-    s3 = series_logdet(J.clone(), 3)
-    want = -257 / 1500  # J is triangular: tr J^k = 0.2^k + (-0.3)^k
-    expect(
-        close(s3, [want]),
-        f"with three terms expected tr J - tr(J^2)/2 + tr(J^3)/3 = {want:.6f}, got {float(s3[0]):.6f} "
-        "(alternating signs, divided by k)",
-    )
+@visible("ch07.q4.values", "Q4 three draws with N = 1, 2, 3 (p = 0.5), and N = 1 everywhere")
+def _q4_values(ns):
+    roulette_logdet = need(ns, "roulette_logdet")
+    J, eps = torch.tensor(_J4, dtype=F64), torch.tensor(_EPS4, dtype=F64)
+    ones = torch.ones(3, dtype=torch.int64)
+    got = _tensor(roulette_logdet(J.clone(), eps.clone(), ones, 0.9), "roulette_logdet", (3,))
+    expect(close(got, [0.4, 0.8, 0.8]), f"with N = 1 every estimate is the first term eps^T J eps = [0.4, 0.8, 0.8], "
+           f"got {fmt(got, 4)} (every draw reaches term 1: P(N >= 1) = 1)")
+    got = _tensor(roulette_logdet(J.clone(), eps.clone(), torch.tensor([1, 2, 3]), 0.5), "roulette_logdet", (3,))
+    want = [0.4, 0.54, 0.6306666666666667]
+    expect(close(got, want), f"for N = [1, 2, 3] and p = 0.5 expected {fmt(want, 6)}, got {fmt(got, 6)}")
 
 
-@visible("ch07.q5.converges", "Q5 with 60 terms the series matches log det(I + J) for a contractive J")
-def _q5_converges(ns):
-    series_logdet = need(ns, "series_logdet")
-    g = torch.Generator().manual_seed(5)
-    J = torch.randn(3, 3, 3, generator=g, dtype=F64)
-    J = 0.5 * J / torch.linalg.matrix_norm(J, 2)[:, None, None]
-    s = _tensor(series_logdet(J.clone(), 60), "series_logdet(J, 60)", (3,))
-    want = torch.linalg.slogdet(torch.eye(3, dtype=F64) + J).logabsdet
-    expect(close(s, want, 1e-10), f"expected {[round(v, 6) for v in want.tolist()]}, got "
-           f"{[round(v, 6) for v in s.tolist()]} for a batch of 3 Jacobians with spectral norm 0.5")
+@visible("ch07.q4.unbiased", "Q4 the average over 20 000 geometric draws is log det(I + J)")
+def _q4_unbiased(ns):
+    roulette_logdet = need(ns, "roulette_logdet")
+    gen = torch.Generator().manual_seed(11)
+    J = torch.tensor(_J4, dtype=F64)
+    eps = torch.randint(0, 2, (20000, 2), generator=gen).to(F64) * 2 - 1
+    N = 1 + torch.floor(torch.log(torch.rand(20000, generator=gen, dtype=F64)) / math.log(0.5)).long()
+    r = _tensor(roulette_logdet(J, eps, N, 0.5), "roulette_logdet", (20000,))
+    exact = torch.linalg.slogdet(torch.eye(2, dtype=F64) + J).logabsdet.item()
+    se = (r.std() / math.sqrt(r.numel())).item()
+    expect(abs(r.mean().item() - exact) < 5 * se, f"expected an average within 5 standard errors of "
+           f"log det(I + J) = {exact:.4f}, got {r.mean().item():.4f} +- {se:.4f}")
 
 
-# ---------------------------------------------------------------- Q6 Euler flow
-@visible("ch07.q6.euler", "Q6 Euler flow of the linear field g(z) = A z: (I + hA)^K x and K log det(I + hA)")
-def _q6(ns):
-    euler_flow = need(ns, "euler_flow")
-    A = torch.tensor([[-1.0, 0.5], [0.0, 0.5]], dtype=F64)
-
-    def g(y):
-        return y @ A.T
-
-    x = torch.tensor([[1.0, 2.0], [-0.5, 0.0], [0.3, 0.3]], dtype=F64)
-    z, ld = tensors(euler_flow(g, x.clone(), 1.0, 4), "euler_flow")
-    z, ld = _tensor(z, "z", (3, 2)), _tensor(ld, "logdet", (3,))
-    # I + 0.25 A = [[0.75, 0.125], [0, 1.125]]: its 4th power applied to each x, and 4 log(0.75 * 1.125)
-    want_z = torch.tensor(
-        [[1.17333984375, 3.20361328125], [-0.158203125, 0.0], [0.2234619140625, 0.4805419921875]], dtype=F64
-    )
-    want_ld = -0.6795961471815898
-    expect(close(z, want_z), "z should be x after 4 Euler steps z <- z + h A z with h = T / K = 0.25")
-    expect(
-        close(ld, [want_ld] * 3),
-        f"expected 4 log det(I + 0.25 A) = {want_ld:.6f} for every point, got "
-        f"{[round(v, 6) for v in ld.tolist()]} "
-        f"(not T tr A = {torch.trace(A).item():.2f}: that is the K -> infinity limit)",
-    )
-
-
-# ---------------------------------------------------------------- Q7 linear CNF
-@visible("ch07.q7.linear", "Q7 log-density of the flow dz/dt = A z, A diagonal, T = 2")
-def _q7(ns):
+# ---------------------------------------------------------------- Q5 linear CNF
+@visible("ch07.q5.linear", "Q5 log-density of the flow dz/dt = A z, A diagonal, T = 2")
+def _q5(ns):
     linear_cnf_log_prob = need(ns, "linear_cnf_log_prob")
     A = torch.tensor([[-1.0, 0.0], [0.0, 0.5]], dtype=F64)
     x = torch.tensor([[0.5, 1.0], [0.0, 0.0]], dtype=F64)
@@ -207,3 +153,36 @@ def _q7(ns):
         f"expected {[round(v, 6) for v in want]}, got {[round(v, 6) for v in lp.tolist()]} "
         "(z(T) = expm(T A) x; the log-det is + T tr A = -1 here)",
     )
+
+
+# ---------------------------------------------------------------- Q6 fitting a linear CNF
+def _fit_gap(ns, x, T):
+    fit_linear_cnf = need(ns, "fit_linear_cnf")
+    before = x.clone()
+    A = _tensor(fit_linear_cnf(x, T), "fit_linear_cnf(x, T)", (x.shape[1], x.shape[1]))
+    expect(not A.requires_grad, "return A.detach(): the fitted matrix should not require gradients")
+    expect(torch.equal(x, before), "fit_linear_cnf changed its input x")
+    M = torch.linalg.matrix_exp(T * A)
+    base = torch.distributions.MultivariateNormal(torch.zeros(x.shape[1], dtype=F64), torch.eye(x.shape[1], dtype=F64))
+    nll = -(base.log_prob(x @ M.T).mean() + torch.linalg.slogdet(M).logabsdet).item()
+    cov = x.T @ x / x.shape[0]   # every linear flow is a zero-mean Gaussian; the best one has this covariance
+    best = 0.5 * torch.linalg.slogdet(2 * math.pi * math.e * cov).logabsdet.item()
+    return nll, best
+
+
+@visible("ch07.q6.fit2d", "Q6 a fit on 200 correlated 2-d points, T = 1: within 0.01 nats of the best NLL")
+def _q6_2d(ns):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(200, 2, generator=gen, dtype=F64) @ torch.tensor([[0.5, 0.0], [0.9, 1.1]], dtype=F64).T
+    nll, best = _fit_gap(ns, x, 1.0)
+    expect(nll - best < 0.01, f"mean NLL {nll:.4f} nats, but a linear flow reaches {best:.4f} on these points "
+           "(more steps, or a larger step size? the loss is the mean of -log p_X over the data)")
+
+
+@visible("ch07.q6.fit3d", "Q6 a fit on 200 3-d points with T = 0.5")
+def _q6_3d(ns):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(200, 3, generator=gen, dtype=F64) * torch.tensor([0.6, 1.4, 0.9], dtype=F64)
+    nll, best = _fit_gap(ns, x, 0.5)
+    expect(nll - best < 0.01, f"mean NLL {nll:.4f} nats, but a linear flow reaches {best:.4f} on these points "
+           "(T = 0.5 here: use T in the flow)")

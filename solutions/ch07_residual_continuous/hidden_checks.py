@@ -2,13 +2,24 @@
 
 Never released: the student version, the feedback and the student repository do not contain this file.
 See ``course_tools/hidden.py`` for how a check runs (record the calls, run them in the kernel, replay here).
+Every reference is computed here by another route than the model answer: the d x d Jacobian instead of Sylvester's
+m x m identity, a measured Euler error beside the leading term, an enumeration of every Rademacher probe, explicit
+matrix powers per draw, and the closed-form Gaussian maximum likelihood.
 """
 
+import itertools
 import math
 
 import torch
 
-from course_tools.hidden import Checks, Generator, Source, expect, expect_close, expect_tensor
+from course_tools.hidden import (
+    Checks,
+    central_differences,
+    expect,
+    expect_close,
+    expect_tensor,
+    jacobian_from_differences,
+)
 
 checks = Checks("ch07_residual_continuous")
 F64 = torch.float64
@@ -19,192 +30,202 @@ def _pair(out, what):
     return out
 
 
-def _planar_inputs(seed, B=7, d=5):
+def _randn(*shape, seed, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+# ---------------------------------------------------------------- Q1 Sylvester layer, unconstrained factors
+def _sylvester_params(seed, d, m, scale=1.0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, d, generator=g, dtype=F64)
-    w = torch.randn(d, generator=g, dtype=F64)
-    u = torch.randn(d, generator=g, dtype=F64)
-    b = torch.randn((), generator=g, dtype=F64)
-    return x, w, u, b
+    A = scale * torch.randn(d, m, generator=g, dtype=F64)
+    B = torch.randn(m, d, generator=g, dtype=F64)
+    b = torch.randn(m, generator=g, dtype=F64)
+    return A, B, b
 
 
-# ---------------------------------------------------------------- Q1 planar layer
+def _sylvester_ref(x, A, B, b):
+    """z, and log|det| of the full d x d Jacobian I + A diag(h'(a)) B (not the m x m identity)."""
+    a = x @ B.T + b
+    z = x + torch.tanh(a) @ A.T
+    J = torch.eye(x.shape[1], dtype=F64) + torch.einsum("im,nm,mj->nij", A, 1 - torch.tanh(a) ** 2, B)
+    return z, torch.linalg.slogdet(J).logabsdet
+
+
 @checks.cell("q1_map_test")
 def q1_map(student):
-    """planar map on a batch of 7 points in 5-d with random parameters"""
-    x, w, u, b = _planar_inputs(101)
-    out = _pair(student.planar_forward(x, w, u, b), "planar_forward")
-    z = expect_tensor(out[0], "z", shape=(7, 5), dtype=F64)
-    expect_close(z, x + torch.tanh(x @ w + b)[:, None] * u, "the planar map z on random 5-d inputs is wrong")
+    """the map z on a batch of 7 points in 6-d with m = 3"""
+    x = _randn(7, 6, seed=111)
+    A, B, b = _sylvester_params(112, 6, 3)
+    out = _pair(student.sylvester_forward(x, A, B, b), "sylvester_forward")
+    z = expect_tensor(out[0], "z", shape=(7, 6), dtype=F64)
+    expect_close(z, _sylvester_ref(x, A, B, b)[0], "z = x + A tanh(B x + b) is wrong on random 6-d inputs with m = 3")
 
 
 @checks.cell("q1_logdet_test")
 def q1_logdet(student):
-    """planar log-det against the autograd Jacobian, including a negative determinant"""
-    x, w, u, b = _planar_inputs(102)
-    # a second case whose determinant is negative at some points (w^T u < -1): log|det| is still defined
-    x2, w2, _, b2 = _planar_inputs(103, B=6, d=3)
-    u2 = -3.0 * w2 / (w2 @ w2)
-    out = student.planar_forward(x, w, u, b)
-    out2 = student.planar_forward(x2, w2, u2, b2)
-    out, out2 = _pair(out, "planar_forward"), _pair(out2, "planar_forward")
-    ld = expect_tensor(out[1], "logdet", shape=(7,), dtype=F64)
-    ld2 = expect_tensor(out2[1], "logdet", shape=(6,), dtype=F64)
-
-    def ref(x, w, u, b):
-        J = torch.func.vmap(torch.func.jacrev(lambda y: y + torch.tanh(y @ w + b) * u))(x)
-        return torch.linalg.slogdet(J).logabsdet
-
-    expect_close(ld, ref(x, w, u, b), "the planar log-det on random 5-d inputs does not match the Jacobian")
-    expect_close(ld2, ref(x2, w2, u2, b2),
-                 "the planar log-det is wrong when 1 + h'(a) u^T w < 0 (use the absolute value)")
-
-
-# ---------------------------------------------------------------- Q2 u_hat
-@checks.cell("q2_test", chaining="one w with three u, each u_hat checked against the reference")
-def q2_constraint(student):
-    """u_hat for random w and u, for w^T u far below -1, and for a large w^T u"""
-    g = torch.Generator().manual_seed(201)
-    w = torch.randn(6, generator=g, dtype=F64)
-    u = torch.randn(6, generator=g, dtype=F64)
-    u_bad = u - (w @ u + 4.0) * w / (w @ w)                     # w^T u_bad = -4
-    u_big = u + (50.0 - w @ u) * w / (w @ w)                     # w^T u_big = 50
-    got = student.planar_u_hat(w, u)
-    got_bad = student.planar_u_hat(w, u_bad)
-    got_big = student.planar_u_hat(w, u_big)
-
-    def ref(w, u):
-        wu = w @ u
-        return u + (torch.nn.functional.softplus(wu) - 1 - wu) * w / (w @ w)
-
-    for out, uu, what in ((got, u, "random u"), (got_bad, u_bad, "w^T u = -4"), (got_big, u_big, "w^T u = 50")):
-        out = expect_tensor(out, f"planar_u_hat for {what}", shape=(6,), dtype=F64)
-        expect_close(out, ref(w, uu), f"u_hat is wrong for {what}")
-    expect(float(got_bad @ w) > -1, "w^T u_hat must be above -1")
+    """the log-det against the d x d Jacobian (also where det < 0), and against the Jacobian of your own map"""
+    x = _randn(6, 8, seed=121)
+    A, B, b = _sylvester_params(122, 8, 3)
+    # large A: 1 + h' (BA) has negative eigenvalues near the origin, so the determinant changes sign
+    x2 = _randn(9, 5, seed=123, scale=0.3)
+    A2, B2, b2 = _sylvester_params(124, 5, 2, scale=3.0)
+    x0 = _randn(1, 5, seed=125)
+    A3, B3, b3 = _sylvester_params(126, 5, 2)
+    out = student.sylvester_forward(x, A, B, b)
+    out2 = student.sylvester_forward(x2, A2, B2, b2)
+    near = student.sylvester_forward(central_differences(x0), A3, B3, b3)
+    out, out2, near = (_pair(o, "sylvester_forward") for o in (out, out2, near))
+    ld = expect_tensor(out[1], "logdet", shape=(6,), dtype=F64)
+    ld2 = expect_tensor(out2[1], "logdet", shape=(9,), dtype=F64)
+    expect_close(ld, _sylvester_ref(x, A, B, b)[1], "the log-det is wrong on random 8-d inputs with m = 3")
+    ref2 = _sylvester_ref(x2, A2, B2, b2)[1]
+    expect_close(ld2, ref2, "the log-det is wrong where the determinant is negative (log of its absolute value)")
+    # the Jacobian of the student's own map, from their z at x0 +- h e_i, computed here
+    z = expect_tensor(near[0], "z", shape=(11, 5), dtype=F64)
+    ld0 = expect_tensor(near[1], "logdet", shape=(11,), dtype=F64)[:1]
+    J = jacobian_from_differences(z)
+    expect_close(torch.linalg.slogdet(J).logabsdet.reshape(1), ld0,
+                 "your log-det does not match log|det J| of your own map (J from your z at nearby points)",
+                 rtol=1e-6, atol=1e-6)
 
 
-# ---------------------------------------------------------------- Q3 Hutchinson
-def _hutch_ref(A, n, seed):
-    eps = torch.randint(0, 2, (n, A.shape[0]), generator=torch.Generator().manual_seed(seed)).to(A.dtype) * 2 - 1
-    v = ((eps @ A) * eps).sum(1)
-    return v.mean(), v.std() / math.sqrt(n)
+# ---------------------------------------------------------------- Q2 error of the Euler log-det
+def _euler_measured(A, T, K):
+    eye = torch.eye(A.shape[0], dtype=F64)
+    return K * torch.linalg.slogdet(eye + (T / K) * A).logabsdet - T * torch.trace(A)
 
 
-def _hutch_matrix(seed, d):
-    return torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
+def _leading(A, T, K):
+    eigenvalues = torch.linalg.eigvals(A)                   # tr(A^2) as the sum of squared eigenvalues
+    return -(T**2) / (2 * K) * (eigenvalues**2).sum().real
 
 
-@checks.cell("q3_estimate_test")
-def q3_estimate(student):
-    """Hutchinson estimate of a random 6x6 (non-symmetric) matrix with 200 probes"""
-    A = _hutch_matrix(301, 6)
-    out = _pair(student.hutchinson_trace(A, 200, Generator(302)), "hutchinson_trace")
-    est = expect_tensor(out[0], "the estimate", shape=(), dtype=F64)
-    expect_close(est, _hutch_ref(A, 200, 302)[0], "the Hutchinson estimate with the specified probes is wrong")
+@checks.cell("q2_test")
+def q2_error(student):
+    """the leading Euler log-det error for two random non-symmetric matrices, against the formula and a measurement"""
+    A = _randn(3, 3, seed=211)
+    A2 = _randn(4, 4, seed=212, scale=0.8)
+    got = student.euler_logdet_error(A, 1.5, 400)
+    got2 = student.euler_logdet_error(A2, 0.7, 1000)
+    for out, M, T, K in ((got, A, 1.5, 400), (got2, A2, 0.7, 1000)):
+        out = expect_tensor(out, f"euler_logdet_error(A, {T}, {K})", shape=(), dtype=F64)
+        expect_close(out, _leading(M, T, K),
+                     f"the leading error term is wrong for a random {M.shape[0]}x{M.shape[0]} A, T = {T}, K = {K}",
+                     rtol=1e-8, atol=1e-12)
+        measured = _euler_measured(M, T, K)
+        expect(abs(float(out) - float(measured)) <= 0.05 * abs(float(measured)),
+               f"for T = {T}, K = {K} your prediction is not within 5% of the measured error")
 
 
-@checks.cell("q3_stderr_test")
-def q3_stderr(student):
-    """standard error of the Hutchinson estimate of a random 4x4 matrix with 30 probes"""
-    A = _hutch_matrix(311, 4)
-    out = _pair(student.hutchinson_trace(A, 30, Generator(312)), "hutchinson_trace")
-    se = expect_tensor(out[1], "the standard error", shape=(), dtype=F64)
-    expect_close(se, _hutch_ref(A, 30, 312)[1], "the standard error (s with n - 1, over sqrt(n)) is wrong")
+# ---------------------------------------------------------------- Q3 variance of the one-probe series
+def _normalised(seed, d, norm):
+    J = _randn(d, d, seed=seed)
+    return norm * J / torch.linalg.matrix_norm(J, 2)
 
 
-# ---------------------------------------------------------------- Q4 fixed-point inverse
-@checks.cell("q4_test", chaining="one z at four iteration counts, each iterate checked against the reference")
-def q4_inverse(student):
-    """fixed-point inverse of a small contractive MLP block: iterates 0, 1, 7 and the converged inverse"""
-    src = Source("lambda y: 0.6 * torch.tanh(y @ torch.tensor([[0.5, -0.4, 0.2], [0.1, 0.6, -0.3], "
-                 "[-0.2, 0.3, 0.5]], dtype=torch.float64).T + 0.1)")
-    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(401), dtype=F64)
-    outs = [student.fixed_point_inverse(src, z, k) for k in (0, 1, 7, 80)]
-    g = src.build()
-    x = z.clone()
-    for k, out in zip((0, 1, 7, 80), outs):
-        out = expect_tensor(out, f"fixed_point_inverse(g, z, {k})", shape=(5, 3), dtype=F64)
-        ref = z.clone()
-        for _ in range(k):
-            ref = z - g(ref)
-        expect_close(out, ref, f"the iterate after n_iter = {k} steps is wrong (x_0 = z, x_(k+1) = z - g(x_k))")
-        x = out
-    expect_close(x + g(x), z, "after 80 iterations x + g(x) should equal z", rtol=1e-9, atol=1e-10)
-
-
-# ---------------------------------------------------------------- Q5 series log-det
-def _jacobians(seed, B, d, norm):
-    J = torch.randn(B, d, d, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    return norm * J / torch.linalg.matrix_norm(J, 2)[:, None, None]
-
-
-def _series(J, n):
-    total, Jk = torch.zeros(J.shape[0], dtype=J.dtype), torch.eye(J.shape[1], dtype=J.dtype).expand_as(J)
+def _values(J, probes, n):
+    """The estimate for each probe (rows), from explicit vector-matrix products."""
+    total, v = torch.zeros(probes.shape[0], dtype=F64), probes
     for k in range(1, n + 1):
-        Jk = Jk @ J
-        total = total + (-1) ** (k + 1) * Jk.diagonal(dim1=1, dim2=2).sum(-1) / k
+        v = v @ J
+        total = total + (-1) ** (k + 1) / k * (v * probes).sum(1)
     return total
 
 
-@checks.cell(
-    "q5_terms_test",
-    chaining="one batch of Jacobians truncated after 1, 2 and 5 terms, each checked against the reference",
-)
-def q5_terms(student):
-    """truncated series with 1, 2 and 5 terms for a batch of random 4x4 Jacobians"""
-    J = _jacobians(501, 6, 4, 0.8)
-    outs = [student.series_logdet(J, n) for n in (1, 2, 5)]
-    for n, out in zip((1, 2, 5), outs):
-        out = expect_tensor(out, f"series_logdet(J, {n})", shape=(6,), dtype=F64)
-        expect_close(out, _series(J, n), f"the series truncated after {n} term(s) is wrong")
+def _rademacher_variance(J, n):
+    """Exact: the population variance over all 2^d equally likely sign vectors."""
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=J.shape[0])), dtype=F64)
+    return _values(J, signs, n).var(unbiased=False)
 
 
-@checks.cell("q5_converges_test")
-def q5_converges(student):
-    """with 80 terms the series matches log det(I + J) for contractive 5x5 Jacobians"""
-    J = _jacobians(502, 4, 5, 0.6)
-    out = expect_tensor(student.series_logdet(J, 80), "series_logdet(J, 80)", shape=(4,), dtype=F64)
-    expect_close(out, torch.linalg.slogdet(torch.eye(5, dtype=F64) + J).logabsdet,
-                 "with many terms the series should converge to log det(I + J)", rtol=1e-9, atol=1e-10)
+def _gaussian_variance(J, n):
+    """Exact: Var[eps^T P eps] = tr(P P^T) + tr(P P) for standard normal eps (Isserlis)."""
+    P = sum((-1) ** (k + 1) / k * torch.linalg.matrix_power(J, k) for k in range(1, n + 1))
+    return torch.trace(P @ P.T) + torch.trace(P @ P)
 
 
-# ---------------------------------------------------------------- Q6 Euler flow
-@checks.cell("q6_test")
-def q6_euler(student):
-    """Euler flow of a nonlinear 3-d field with 5 steps, and of a linear field with many steps"""
-    field = Source("lambda y: torch.tanh(y @ torch.tensor([[0.3, -1.0, 0.2], [1.0, 0.1, 0.0], "
-                   "[0.4, 0.2, -0.5]], dtype=torch.float64).T) - 0.2 * y")
-    linear = Source("lambda y: y @ torch.tensor([[0.5, 1.0], [-1.0, -0.2]], dtype=torch.float64).T")
-    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(601), dtype=F64)
-    x2 = torch.randn(3, 2, generator=torch.Generator().manual_seed(602), dtype=F64)
-    out = student.euler_flow(field, x, 0.8, 5)
-    out2 = student.euler_flow(linear, x2, 1.0, 400)
-    out, out2 = _pair(out, "euler_flow"), _pair(out2, "euler_flow")
-    z = expect_tensor(out[0], "z", shape=(4, 3), dtype=F64)
-    ld = expect_tensor(out[1], "logdet", shape=(4,), dtype=F64)
-    ld2 = expect_tensor(out2[1], "logdet", shape=(3,), dtype=F64)
-    g = field.build()
-    h, ref_z, ref_ld = 0.8 / 5, x.clone(), torch.zeros(4, dtype=F64)
-    for _ in range(5):
-        J = torch.func.vmap(torch.func.jacrev(lambda y: g(y[None])[0]))(ref_z)
-        ref_ld = ref_ld + torch.linalg.slogdet(torch.eye(3, dtype=F64) + h * J).logabsdet
-        ref_z = ref_z + h * g(ref_z)
-    expect_close(z, ref_z, "z after 5 Euler steps of a nonlinear field is wrong")
-    expect_close(ld, ref_ld, "the summed log-det of 5 Euler steps of a nonlinear field is wrong")
-    expect_close(ld2, _euler_linear_ld().expand(3), "the log-det of 400 Euler steps of a linear field is wrong")
-    expect(abs(float(ld2[0]) - 0.3) < 0.01, "with many steps the log-det should approach T tr A (here 0.3)")
+@checks.cell("q3_rademacher_test")
+def q3_rademacher(student):
+    """Rademacher probes: random non-symmetric 5x5 and 7x7 Jacobians with 4, 1 and 9 terms"""
+    J = _normalised(311, 5, 0.8)
+    J2 = _normalised(312, 7, 0.6)
+    J3 = _normalised(313, 7, 0.9)
+    got = student.series_probe_variance(J, 4, "rademacher")
+    got1 = student.series_probe_variance(J2, 1, "rademacher")
+    got9 = student.series_probe_variance(J3, 9, "rademacher")
+    for out, M, n in ((got, J, 4), (got1, J2, 1), (got9, J3, 9)):
+        out = expect_tensor(out, f"the variance with {n} term(s)", shape=(), dtype=F64)
+        expect_close(out, _rademacher_variance(M, n),
+                     f"the variance of the {n}-term estimator with Rademacher probes is wrong "
+                     f"(a random {M.shape[0]}x{M.shape[0]} J; one probe is shared by every term)", rtol=1e-8)
 
 
-def _euler_linear_ld():
-    A = torch.tensor([[0.5, 1.0], [-1.0, -0.2]], dtype=F64)
-    return 400 * torch.linalg.slogdet(torch.eye(2, dtype=F64) + A / 400).logabsdet
+@checks.cell("q3_gaussian_test")
+def q3_gaussian(student):
+    """Gaussian probes: a random non-symmetric 6x6 Jacobian with 5 terms"""
+    J = _normalised(321, 6, 0.7)
+    out = expect_tensor(student.series_probe_variance(J, 5, "gaussian"), "the variance", shape=(), dtype=F64)
+    expect_close(out, _gaussian_variance(J, 5),
+                 "the variance of the 5-term estimator with Gaussian probes is wrong (a random 6x6 J)", rtol=1e-8)
 
 
-# ---------------------------------------------------------------- Q7 linear CNF
-@checks.cell("q7_test")
-def q7_linear(student):
+# ---------------------------------------------------------------- Q4 Russian roulette
+def _roulette_ref(J, eps, N, p):
+    """One draw at a time, with explicit matrix powers: sum_{k <= N} (-1)^(k+1)/k eps^T J^k eps / P(N >= k)."""
+    out = []
+    for e, n in zip(eps, N.tolist()):
+        terms = [(-1) ** (k + 1) / k * (e @ torch.linalg.matrix_power(J, k) @ e) / (1 - p) ** (k - 1)
+                 for k in range(1, n + 1)]
+        out.append(torch.stack(terms).sum())
+    return torch.stack(out)
+
+
+def _draws(seed, P, d, p):
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randint(0, 2, (P, d), generator=g).to(F64) * 2 - 1
+    u = torch.rand(P, generator=g, dtype=F64)
+    N = 1 + torch.floor(torch.log(u) / math.log(1 - p)).long()       # geometric on {1, 2, ...}
+    return eps, N
+
+
+@checks.cell("q4_values_test")
+def q4_values(student):
+    """the estimate for 40 given (probe, N) pairs on a random 4x4 J, p = 0.3, and with N = 1 everywhere"""
+    J = _normalised(411, 4, 0.6)
+    eps, N = _draws(412, 40, 4, 0.3)
+    J2 = _normalised(413, 3, 0.5)
+    eps2, _ = _draws(414, 6, 3, 0.5)
+    ones = torch.ones(6, dtype=torch.int64)
+    got = student.roulette_logdet(J, eps, N, 0.3)
+    got1 = student.roulette_logdet(J2, eps2, ones, 0.7)
+    got = expect_tensor(got, "roulette_logdet(J, eps, N, 0.3)", shape=(40,), dtype=F64)
+    got1 = expect_tensor(got1, "roulette_logdet with N = 1", shape=(6,), dtype=F64)
+    expect_close(got1, _roulette_ref(J2, eps2, ones, 0.7),
+                 "with N = 1 every draw keeps exactly the first term, eps^T J eps (P(N >= 1) = 1)")
+    expect_close(got, _roulette_ref(J, eps, N, 0.3), "the estimates for given probes and N are wrong (p = 0.3)")
+
+
+@checks.cell("q4_unbiased_test")
+def q4_unbiased(student):
+    """averaged over 1500 geometric draws, the estimate matches log det(I + J) within 5 standard errors"""
+    # 1500 results: a larger payload than about 64 KB makes the kernel's messaging start a thread
+    J = _normalised(421, 3, 0.5)
+    eps, N = _draws(423, 1500, 3, 0.3)
+    got = expect_tensor(student.roulette_logdet(J, eps, N, 0.3), "roulette_logdet", shape=(1500,), dtype=F64)
+    expect(bool(torch.isfinite(got).all()), "the estimates should be finite")
+    exact = torch.linalg.slogdet(torch.eye(3, dtype=F64) + J).logabsdet
+    se = got.std() / math.sqrt(got.numel())
+    expect(abs(float(got.mean() - exact)) < 5 * float(se),
+           "the average of many estimates is not log det(I + J): the estimator is biased")
+    # the same draws through the reference, one at a time
+    expect_close(got[:100], _roulette_ref(J, eps[:100], N[:100], 0.3), "the estimates for given probes and N are wrong")
+
+
+# ---------------------------------------------------------------- Q5 linear CNF
+@checks.cell("q5_test")
+def q5_linear(student):
     """log-density of the flow dz/dt = A z for a random non-symmetric 3x3 A"""
-    g = torch.Generator().manual_seed(701)
+    g = torch.Generator().manual_seed(501)
     A = 0.7 * torch.randn(3, 3, generator=g, dtype=F64)
     x = torch.randn(8, 3, generator=g, dtype=F64)
     got = expect_tensor(student.linear_cnf_log_prob(x, A, 1.5), "linear_cnf_log_prob", shape=(8,), dtype=F64)
@@ -212,3 +233,43 @@ def q7_linear(student):
     ref = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=F64), torch.eye(3, dtype=F64)).log_prob(x @ M.T)
     ref = ref + torch.linalg.slogdet(M).logabsdet            # an independent route: slogdet of expm, not T tr A
     expect_close(got, ref, "the log-density of a linear continuous flow is wrong (z(T) = expm(T A) x)", rtol=1e-8)
+
+
+# ---------------------------------------------------------------- Q6 fitting a linear CNF
+def _data(seed, L):
+    L = torch.tensor(L, dtype=F64)
+    return torch.randn(300, L.shape[0], generator=torch.Generator().manual_seed(seed), dtype=F64) @ L.T
+
+
+def _nll(x, A, T):
+    """Mean NLL of the linear CNF with this A, by torch.distributions and slogdet of expm (not T tr A)."""
+    M = torch.linalg.matrix_exp(T * A)
+    d = x.shape[1]
+    base = torch.distributions.MultivariateNormal(torch.zeros(d, dtype=F64), torch.eye(d, dtype=F64))
+    return -(base.log_prob(x @ M.T) + torch.linalg.slogdet(M).logabsdet).mean()
+
+
+def _best_nll(x):
+    """The smallest mean NLL of any zero-mean Gaussian, which every linear CNF is and which one reaches."""
+    S = x.T @ x / x.shape[0]
+    return 0.5 * torch.linalg.slogdet(2 * math.pi * math.e * S).logabsdet
+
+
+def _fit_check(student, x, T, what):
+    A = expect_tensor(student.fit_linear_cnf(x, T), "fit_linear_cnf(x, T)", shape=(x.shape[1],) * 2, dtype=F64)
+    expect(bool(torch.isfinite(A).all()), "the fitted A should be finite")
+    gap = float(_nll(x, A, T) - _best_nll(x))
+    expect(gap < 0.01, f"on {what} the mean NLL of your A is not within 0.01 nats of the best linear flow")
+
+
+@checks.cell("q6_2d_test")
+def q6_2d(student):
+    """a fit on 300 correlated 2-d points with T = 1: mean NLL within 0.01 nats of the optimum"""
+    _fit_check(student, _data(611, [[1.2, 0.0], [-0.8, 0.4]]), 1.0, "300 correlated 2-d points (T = 1)")
+
+
+@checks.cell("q6_3d_test")
+def q6_3d(student):
+    """a fit on 300 correlated 3-d points with T = 0.5: mean NLL within 0.01 nats of the optimum"""
+    _fit_check(student, _data(621, [[0.7, 0.0, 0.0], [0.4, 1.5, 0.0], [-0.3, 0.5, 0.4]]), 0.5,
+               "300 correlated 3-d points (T = 0.5)")
