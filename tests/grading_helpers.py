@@ -1056,14 +1056,17 @@ DESIGNED_PARTIALS = {
         {
             # forgets 0 log 0 = 0: passes q1_basic (1), fails q1_zeros
             "q1_answer": "def entropy(p):\n    return -(p * torch.log(p)).sum(dim=-1)\n",
-            # textbook formula without support handling: passes q2_basic (1), nan on zeros in p
-            "q2_answer": "def kl_divergence(p, q):\n    return (p * torch.log(p / q)).sum(dim=-1)\n",
-            # q3 right (3); q4 forgets the square root: fails q4 (0); q5 right (2)
-            "q4_answer": "def mc_estimate(f, d, n, generator):\n"
-            "    v = f(torch.randn(n, d, generator=generator, dtype=torch.float64))\n"
-            "    return v.mean(), v.std() / n\n",
+            # hands back the given buggy KL (log of underflowed probabilities): q2_basic (1), fails q2_extreme
+            "q2_answer": "def kl_from_logits(a, b):\n"
+            "    p, q = torch.softmax(a, dim=-1), torch.softmax(b, dim=-1)\n"
+            "    return (p * torch.log(p / q)).sum(dim=-1)\n",
+            # q3 right (3); q4 drops the factor b1 / b2 in front of exp(-|m1 - m2| / b1): q4_equal (1) only;
+            # q5 right (3)
+            "q4_answer": "def laplace_kl(m1, b1, m2, b2):\n"
+            "    gap = (m1 - m2).abs()\n"
+            "    return torch.log(b2 / b1) + gap / b2 + torch.exp(-gap / b1) - 1.0\n",
         },
-        7.0,
+        9.0,
     ),
     "ch05_normalizing_flows": (
         {
