@@ -90,8 +90,10 @@ def _q2_basic(ns):
 @visible("ch01.q2.extreme", "Q2 logits 1000 apart: KL = log 2 for a = [0, -1000], b = [0, 0]; 499.3069 reversed")
 def _q2_extreme(ns):
     got = _kl_logits(ns, [0.0, -1000.0], [0.0, 0.0], "kl_from_logits([0, -1000], [0, 0])").item()
-    expect(not math.isnan(got), "got nan: softmax([0, -1000]) = [1, 0] in float64, and 0 * log(0 / q) is 0 * -inf = nan")
-    expect(_close(got, math.log(2)), f"p = [1, e^-1000], q = [1/2, 1/2]: expected log 2 = {math.log(2):.6f}, got {got}")
+    expect(not math.isnan(got),
+           "got nan: softmax([0, -1000]) = [1, 0] in float64, and 0 * log(0 / q) is 0 * -inf = nan")
+    expect(_close(got, math.log(2)),
+           f"p = [1, e^-1000], q = [1/2, 1/2]: expected log 2 = {math.log(2):.6f}, got {got}")
     got = _kl_logits(ns, [0.0, 0.0], [0.0, -1000.0], "kl_from_logits([0, 0], [0, -1000])").item()
     # p = [1/2, 1/2], log q = [0, -1000] up to e^-1000: KL = 1/2 (log 1/2 - 0) + 1/2 (log 1/2 + 1000)
     want = 500.0 - math.log(2)

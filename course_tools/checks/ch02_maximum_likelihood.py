@@ -31,7 +31,8 @@ def _q1_basic(ns):
     expect(got.dtype == F64, f"keep the input dtype: expected float64, got {got.dtype}")
     hint = ""
     if _close(got.item(), 4 / 3):
-        hint = " (4/3 is the average of the ratios x_n / t_n: a sensible estimate, but not the maximiser of the likelihood)"
+        hint = (" (4/3 is the average of the ratios x_n / t_n: a sensible estimate, but not the maximiser of "
+                "the likelihood)")
     expect(_close(got.item(), 1.5), f"expected 1.5, got {got.item():.6f}{hint}")
 
 
