@@ -39,6 +39,7 @@ CHECKS_DIR = os.path.join(H.REPO, "course_tools", "checks")
 MIN_TOKENS = 8
 MIN_CONTENT = 5
 NAME = "_"  # the placeholder for every name that is not an attribute or a keyword
+NUMBER = "0"  # the placeholder for every number (a unary minus before it dropped)
 _PUNCTUATION = (NAME, "(", ")", "[", "]", ",", ":")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 
@@ -61,7 +62,8 @@ def _tokens(source: str) -> list[tokenize.TokenInfo]:
 
 def code_lines(source: str) -> dict[int, tuple[str, ...]]:
     """{line number: normalised tokens} of ``source``: comments and whitespace dropped, a name that is neither an
-    attribute (after a dot) nor a keyword replaced by a placeholder, keyword-argument names (``dim=``) dropped."""
+    attribute (after a dot) nor a keyword replaced by a placeholder, every number by another (a unary minus before
+    it dropped), keyword-argument names (``dim=``) dropped."""
     toks = [t for t in _tokens(source) if t.type not in _SKIP]
     lines: dict[int, list[str]] = {}
     depth = 0
@@ -76,8 +78,14 @@ def code_lines(source: str) -> dict[int, tuple[str, ...]]:
             continue  # a keyword argument's name: `dim=1` and `1` are the same
         if t.type == tokenize.OP and t.string == "=" and depth and prev is not None and prev.type == tokenize.NAME:
             continue
+        if t.type == tokenize.OP and t.string == "-" and nxt is not None and nxt.type == tokenize.NUMBER and (
+            prev is None or (prev.type == tokenize.OP and prev.string not in ")]}") or keyword.iskeyword(prev.string)
+        ):
+            continue  # a unary minus before a number: `.sum(-1)` and `.sum(1)` are the same reduction
         if t.type == tokenize.NAME and not keyword.iskeyword(t.string) and not (prev and prev.string == "."):
             text = NAME
+        elif t.type == tokenize.NUMBER:
+            text = NUMBER  # `dim=1` or `dim=2`, `0.5 * x` or `0.25 * x`: the same line of code
         else:
             text = t.string
         lines.setdefault(t.start[0], []).append(text)
