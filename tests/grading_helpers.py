@@ -1066,14 +1066,17 @@ DESIGNED_PARTIALS = {
         {
             # forgets 0 log 0 = 0: passes q1_basic (1), fails q1_zeros
             "q1_answer": "def entropy(p):\n    return -(p * torch.log(p)).sum(dim=-1)\n",
-            # textbook formula without support handling: passes q2_basic (1), nan on zeros in p
-            "q2_answer": "def kl_divergence(p, q):\n    return (p * torch.log(p / q)).sum(dim=-1)\n",
-            # q3 right (3); q4 forgets the square root: fails q4 (0); q5 right (2)
-            "q4_answer": "def mc_estimate(f, d, n, generator):\n"
-            "    v = f(torch.randn(n, d, generator=generator, dtype=torch.float64))\n"
-            "    return v.mean(), v.std() / n\n",
+            # hands back the given buggy KL (log of underflowed probabilities): q2_basic (1), fails q2_extreme
+            "q2_answer": "def kl_from_logits(a, b):\n"
+            "    p, q = torch.softmax(a, dim=-1), torch.softmax(b, dim=-1)\n"
+            "    return (p * torch.log(p / q)).sum(dim=-1)\n",
+            # q3 right (3); q4 drops the factor b1 / b2 in front of exp(-|m1 - m2| / b1): q4_equal (1) only;
+            # q5 right (3)
+            "q4_answer": "def laplace_kl(m1, b1, m2, b2):\n"
+            "    gap = (m1 - m2).abs()\n"
+            "    return torch.log(b2 / b1) + gap / b2 + torch.exp(-gap / b1) - 1.0\n",
         },
-        7.0,
+        9.0,
     ),
     "ch05_normalizing_flows": (
         {
@@ -1162,30 +1165,17 @@ DESIGNED_PARTIALS = {
     ),
     "ch02_maximum_likelihood": (
         {
-            # forgets K alpha in the denominator: passes q1_basic (1), fails q1_smooth
-            "q1_answer": "def categorical_mle(counts, alpha=0.0):\n"
-            "    return (counts + alpha) / counts.sum(dim=-1, keepdim=True)\n",
-            # right on one data set, not batched (x.T transposes every axis): q2_basic (1), fails q2_batch
-            "q2_answer": "def gaussian_mle(x):\n"
-            "    mean = x.mean(0)\n"
-            "    xc = x - mean\n"
-            "    return mean, xc.T @ xc / x.shape[0]\n",
-            # q3 right (2); q4 always samples p, so the reverse direction is wrong: q4_forward (1) only
-            "q4_answer": "def mixture_kl_mc(m, s, weights, means, stds, n, generator, reverse=False):\n"
-            "    k = torch.multinomial(weights, n, replacement=True, generator=generator)\n"
-            "    x = means[k] + stds[k] * torch.randn(n, generator=generator, dtype=torch.float64)\n"
-            "    log_q = -0.5 * ((x - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)\n"
-            "    log_p = mixture_log_prob(x, weights, means, stds)\n"
-            "    return (log_q - log_p).mean() if reverse else (log_p - log_q).mean()\n",
-            # scores the training set instead of the validation set: fails q5_nll and q5_choice
-            "q5_answer": "def select_bandwidth(train, val, bandwidths):\n"
-            "    N, d = train.shape\n"
-            "    sq = torch.cdist(train, train).pow(2)\n"
-            "    nll = torch.stack([-(torch.logsumexp(-sq / (2 * h**2), 1) - math.log(N)\n"
-            "                         - 0.5 * d * math.log(2 * math.pi * h**2)).mean() for h in bandwidths])\n"
-            "    return nll, bandwidths[int(nll.argmin())]\n",
+            # averages the per-reading rates x_n / t_n: unbiased, but not the MLE with unequal exposures; fails
+            # q1_basic and q1_batch (0)
+            "q1_answer": "def poisson_rate_mle(x, t):\n    return (x / t).mean(dim=-1)\n",
+            # q2 right (3), q3 right (3); q4 hands back the given one-pass formula: q4_basic (1), fails q4_offset;
+            # q5 right (2)
+            "q4_answer": "def gaussian_mle(x):\n"
+            "    mean = x.mean(dim=-2)\n"
+            "    second = x.transpose(-1, -2) @ x / x.shape[-2]\n"
+            "    return mean, second - mean.unsqueeze(-1) * mean.unsqueeze(-2)\n",
         },
-        5.0,
+        9.0,
     ),
     "ch04_classical_models": (
         {
