@@ -1132,24 +1132,18 @@ DESIGNED_PARTIALS = {
     ),
     "ch03_monte_carlo_sgd": (
         {
-            # z = 1.96 from a table: passes q1_basic (1, within 1e-4), fails the 80% / 99.9% levels
-            "q1_answer": "def mc_confidence_interval(values, level=0.95):\n"
-            "    est = values.mean(-1)\n"
-            "    se = values.std(-1) / math.sqrt(values.shape[-1])\n"
-            "    return est, est - 1.96 * se, est + 1.96 * se\n",
-            # naive log(mean(exp(a))): passes q2_basic (1), fails q2_extreme
-            "q2_answer": "def log_mean_exp(a):\n    return a.exp().mean(-1).log()\n",
-            # weights exponentiated directly: nan for log-weights near +-900, fails both (0)
-            "q3_answer": "def self_normalized_is(h_values, log_weights):\n"
-            "    w = log_weights.exp()\n"
-            "    return (w * h_values).sum() / w.sum(), w.sum() ** 2 / (w**2).sum()\n",
-            # q4 right (1); q5 uses A instead of its symmetric part: fails both (0); q6 (2) and q7 (1) right
-            "q5_answer": "def hutchinson_variance(A, probe):\n"
-            "    if probe == 'gaussian':\n"
-            "        return 2 * (A**2).sum()\n"
-            "    return 2 * ((A**2).sum() - (A.diagonal() ** 2).sum())\n",
+            # the lecture's Rademacher/Gaussian formula with A in place of its symmetric part: both q3 cells fail (0)
+            "q3_answer": "def hutchinson_variance(A, fourth_moment, m=1):\n"
+            "    on = (A.diagonal() ** 2).sum()\n"
+            "    return (2 * ((A**2).sum() - on) + (fourth_moment - 1) * on) / m\n",
+            # the right estimate, but the standard error of h instead of the adjusted terms: q4_estimate (1) only
+            "q4_answer": "def control_variate_estimate(h_values, g_values, g_mean):\n"
+            "    dh, dg = h_values - h_values.mean(), g_values - g_values.mean()\n"
+            "    c = (dh * dg).sum() / (dg * dg).sum()\n"
+            "    est = (h_values - c * (g_values - g_mean)).mean()\n"
+            "    return est, h_values.std() / math.sqrt(len(h_values))\n",
         },
-        6.0,
+        10.0,
     ),
     "ch02_maximum_likelihood": (
         {
