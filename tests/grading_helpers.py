@@ -1174,21 +1174,21 @@ DESIGNED_PARTIALS = {
     ),
     "ch04_classical_models": (
         {
-            # sorts the eigenvalues in decreasing order: q1_cov passes (1), q1_values fails
-            "q1_answer": "def sample_gaussian_eigen(mean, cov, z):\n"
-            "    evals, E = torch.linalg.eigh(cov)\n"
-            "    evals, E = evals.flip(0), E.flip(1)\n"
-            "    return mean + z @ (E * evals.sqrt()).T\n",
-            # log of a sum of exps: q2_basic passes (1), far-away points give -inf
-            "q2_answer": "def mixture_log_likelihood(x, weights, means, stds):\n"
-            "    u = (x[:, None] - means) / stds\n"
-            "    dens = torch.exp(-0.5 * u**2) / (stds * math.sqrt(2 * math.pi))\n"
-            "    return torch.log((weights * dens).sum(1))\n",
-            # q3..q6 right (3 + 2 + 2 + 1); q7 forgets the mask: q7_basic passes (1), q7_masked fails
-            "q7_answer": "def ar_log_likelihood(x, W, b):\n"
-            "    a = b + x @ W.T\n"
-            "    F = torch.nn.functional\n"
-            "    return (x * F.logsigmoid(a) + (1 - x) * F.logsigmoid(-a)).sum(dim=1)\n",
+            # multiplies the pixel probabilities in the E step (the colleague's bug of Q2) inside a right M step:
+            # q3_step on 40 pixels passes (2), q3_ascent on 600 pixels underflows to nan (0)
+            "q3_answer": "def bernoulli_em_step(x, weights, probs, alpha=1.0):\n"
+            "    lik = (probs[None] ** x[:, None] * (1 - probs[None]) ** (1 - x[:, None])).prod(dim=-1)\n"
+            "    r = weights * lik\n"
+            "    r = r / r.sum(dim=1, keepdim=True)\n"
+            "    nk = r.sum(0)\n"
+            "    return nk / x.shape[0], (r.T @ x + alpha) / (nk[:, None] + 2 * alpha)\n",
+            # indexes each table with the parents sorted instead of in the listed order: both q5 cells fail (0)
+            "q5_answer": "def ancestral_sample(cpts, parents, n, generator):\n"
+            "    x = torch.zeros(n, len(cpts), dtype=torch.long)\n"
+            "    for i, (table, pa) in enumerate(zip(cpts, parents)):\n"
+            "        rows = table[tuple(x[:, j] for j in sorted(pa))] if len(pa) else table.expand(n, -1)\n"
+            "        x[:, i] = torch.multinomial(rows, 1, generator=generator)[:, 0]\n"
+            "    return x\n",
         },
         11.0,
     ),
