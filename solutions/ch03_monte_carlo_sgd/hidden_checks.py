@@ -281,10 +281,10 @@ def q5_measured(student):
 # ---------------------------------------------------------------- Q6 seeded SGD run
 def ref_sgd(x, lr, steps, batch_size, seed):
     """The same run with autograd gradients of the mean Gaussian NLL (the reference replay)."""
-    gen = torch.Generator().manual_seed(seed)
+    draws = torch.Generator().manual_seed(seed)
     theta, iterates = torch.zeros(2, dtype=F64), []
     for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (batch_size,), generator=gen)
+        idx = torch.randint(0, x.shape[0], (batch_size,), generator=draws)
         th = theta.clone().requires_grad_(True)
         nll = -torch.distributions.Normal(th[0], th[1].exp()).log_prob(x[idx]).mean()
         (g,) = torch.autograd.grad(nll, th)
