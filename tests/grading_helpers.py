@@ -1175,7 +1175,7 @@ DESIGNED_PARTIALS = {
     "ch04_classical_models": (
         {
             # multiplies the pixel probabilities in the E step (the colleague's bug of Q2) inside a right M step:
-            # q3_step on 40 pixels passes (2), q3_ascent on 600 pixels underflows to nan (0)
+            # q3_step on 40 pixels passes (2), q3_ascent on 2000 pixels underflows to nan (0)
             "q3_answer": "def bernoulli_em_step(x, weights, probs, alpha=1.0):\n"
             "    lik = (probs[None] ** x[:, None] * (1 - probs[None]) ** (1 - x[:, None])).prod(dim=-1)\n"
             "    r = weights * lik\n"

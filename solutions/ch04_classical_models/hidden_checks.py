@@ -87,9 +87,9 @@ def _bern_params(k, d, seed):
 
 @checks.cell("q2_long_test")
 def q2_long(student):
-    """responsibilities of 12 binary vectors of length 900 under a 3-component mixture"""
-    x = _binary(12, 900, 201)
-    w, p = _bern_params(3, 900, 202)
+    """responsibilities of 12 binary vectors of length 2000 under a 3-component mixture"""
+    x = _binary(12, 2000, 201)
+    w, p = _bern_params(3, 2000, 202)
     resp = expect_tensor(
         student.bernoulli_responsibilities(x, w, p),
         "bernoulli_responsibilities(x, weights, probs)",
@@ -179,11 +179,11 @@ def q3_step(student):
 
 @checks.cell("q3_ascent_test")
 def q3_ascent(student):
-    """one EM step on 30 vectors of 600 pixels: it must not decrease the smoothed log-likelihood, and match"""
-    x = _binary(30, 600, 341, frac=0.3)
-    w, p = _bern_params(4, 600, 342)
+    """one EM step on 30 vectors of 2000 pixels: it must not decrease the smoothed log-likelihood, and match"""
+    x = _binary(30, 2000, 341, frac=0.3)
+    w, p = _bern_params(4, 2000, 342)
     out = student.bernoulli_em_step(x, w, p, 1.0)
-    got_w, got_p = _em_pair(out, "bernoulli_em_step(...)", 4, 600)
+    got_w, got_p = _em_pair(out, "bernoulli_em_step(...)", 4, 2000)
     expect(
         bool(torch.isfinite(got_w).all() and torch.isfinite(got_p).all()),
         "one EM step on long vectors gives nan or inf: compute the responsibilities in log space",
