@@ -216,7 +216,7 @@ def q4_stderr(student):
 def _log_second_moment(m, s):
     """log E_q[w^2] = sum_i log int p(z)^2 / q_i(z) dz for p = N(0, 1), q_i = N(m_i, s_i^2): trapezoid rule on a
     fine grid, one column per coordinate, in log space."""
-    z = torch.linspace(-30.0, 30.0, 12_001, dtype=F64)[:, None]
+    z = torch.linspace(-30.0, 30.0, 6_001, dtype=F64)[:, None]
     log_f = 2 * torch.distributions.Normal(0.0, 1.0).log_prob(z) - torch.distributions.Normal(m, s).log_prob(z)
     top = log_f.max(0).values
     return (top + torch.log(torch.trapezoid((log_f - top).exp(), z[:, 0], dim=0))).sum()
@@ -253,7 +253,7 @@ def q5_measured(student):
     m_light, s_light = torch.tensor([0.1, 0.0], dtype=F64), torch.tensor([1.4, 0.7], dtype=F64)
     outs = [student.ess_fraction(m, s), student.ess_fraction(m_big, s_big), student.ess_fraction(m_light, s_light)]
     got, got_big, got_light = (_scalar(o, "ess_fraction(m, s)") for o in outs)
-    n = 200_000
+    n = 50_000
     z = m + s * torch.randn(n, 4, generator=torch.Generator().manual_seed(503), dtype=F64)
     log_w = (torch.distributions.Normal(0.0, 1.0).log_prob(z) - torch.distributions.Normal(m, s).log_prob(z)).sum(1)
     measured = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / n
@@ -261,7 +261,7 @@ def q5_measured(student):
         got,
         measured,
         "the predicted n_eff / n of a 4-dimensional proposal is far from the effective "
-        "sample size measured on 200,000 samples",
+        "sample size measured on 50,000 samples",
         rtol=0.03,
     )
     log_w2 = _log_second_moment(m_big, s_big)
@@ -286,7 +286,7 @@ def ref_sgd(x, lr, steps, batch_size, seed):
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=draws)
         th = theta.clone().requires_grad_(True)
-        nll = -torch.distributions.Normal(th[0], th[1].exp()).log_prob(x[idx]).mean()
+        nll = (0.5 * ((x[idx] - th[0]) / th[1].exp()) ** 2 + th[1]).mean()  # + log(2 pi) / 2: no gradient
         (g,) = torch.autograd.grad(nll, th)
         theta = theta - lr * g
         iterates.append(theta)
@@ -323,17 +323,17 @@ def q6_replay(student):
 
 @checks.cell("q6_mle_test")
 def q6_mle(student):
-    """a 1200-step run whose averaged iterate lands on the closed-form maximum-likelihood estimate"""
+    """a 400-step run whose averaged iterate lands on the closed-form maximum-likelihood estimate"""
     x = 0.8 + 0.6 * _randn(150, seed=605)
-    out = student.fit_gaussian_sgd(x, 0.05, 1200, 25, Generator(606))
+    out = student.fit_gaussian_sgd(x, 0.05, 400, 25, Generator(606))
     last, avg = _pair(out, "fit_gaussian_sgd(...)", (2,))
-    want_last, want_avg = ref_sgd(x, 0.05, 1200, 25, 606)
+    want_last, want_avg = ref_sgd(x, 0.05, 400, 25, 606)
     expect_close(
         avg, want_avg, "the averaged iterate of a long run differs from the replayed run", rtol=1e-8, atol=1e-10
     )
     mle = torch.stack([x.mean(), x.var(correction=0).sqrt().log()])
     expect(
-        float((avg - mle).abs().max()) < 0.03,
-        "after 1200 steps the averaged iterate should be within 0.03 of "
+        float((avg - mle).abs().max()) < 0.04,
+        "after 400 steps the averaged iterate should be within 0.04 of "
         "the closed-form estimate (mean, log of the sd with 1/N)",
     )

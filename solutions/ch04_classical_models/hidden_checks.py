@@ -179,8 +179,8 @@ def q3_step(student):
 
 @checks.cell("q3_ascent_test")
 def q3_ascent(student):
-    """one EM step on 30 vectors of 2000 pixels: it must not decrease the smoothed log-likelihood, and match"""
-    x = _binary(30, 2000, 341, frac=0.3)
+    """one EM step on 16 vectors of 2000 pixels: it must not decrease the smoothed log-likelihood, and match"""
+    x = _binary(16, 2000, 341, frac=0.3)
     w, p = _bern_params(4, 2000, 342)
     out = student.bernoulli_em_step(x, w, p, 1.0)
     got_w, got_p = _em_pair(out, "bernoulli_em_step(...)", 4, 2000)
@@ -248,7 +248,7 @@ def q4_joint(student):
 
 
 # ---------------------------------------------------------------- Q5 ancestral sampling
-N_SAMPLES = 20_000
+N_SAMPLES = 12_000
 
 
 def _samples(out, cards):
@@ -274,7 +274,7 @@ def _within_5_se(freq, prob, what):
 
 @checks.cell("q5_marginals_test")
 def q5_marginals(student):
-    """20,000 samples of a 4-node network: every node's frequencies against its exact marginal"""
+    """12,000 samples of a 4-node network: every node's frequencies against its exact marginal"""
     cards, parents = _NET_C
     cpts = _network(cards, parents, 510)
     x = _samples(student.ancestral_sample(cpts, parents, N_SAMPLES, Generator(511)), cards)
@@ -287,7 +287,7 @@ def q5_marginals(student):
 
 @checks.cell("q5_pairs_test")
 def q5_pairs(student):
-    """20,000 samples of a 5-node network: the joint frequencies of every parent-child pair"""
+    """12,000 samples of a 5-node network: the joint frequencies of every parent-child pair"""
     cards, parents = _NET_D
     cpts = _network(cards, parents, 520)
     x = _samples(student.ancestral_sample(cpts, parents, N_SAMPLES, Generator(521)), cards)
