@@ -264,6 +264,8 @@ def _samples(out, cards):
 
 
 def _within_5_se(freq, prob, what):
+    # tolerance: 5 standard errors of a frequency, sqrt(p (1 - p) / n); a correct sampler fails one comparison
+    # with probability about 6e-7 (two-sided normal tail), and these checks make about 40 comparisons
     se = (prob * (1 - prob) / N_SAMPLES).sqrt()
     expect(
         bool(((freq - prob).abs() <= 5 * se + 1e-12).all()),
