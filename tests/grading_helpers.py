@@ -1144,24 +1144,18 @@ DESIGNED_PARTIALS = {
     ),
     "ch03_monte_carlo_sgd": (
         {
-            # z = 1.96 from a table: passes q1_basic (1, within 1e-4), fails the 80% / 99.9% levels
-            "q1_answer": "def mc_confidence_interval(values, level=0.95):\n"
-            "    est = values.mean(-1)\n"
-            "    se = values.std(-1) / math.sqrt(values.shape[-1])\n"
-            "    return est, est - 1.96 * se, est + 1.96 * se\n",
-            # naive log(mean(exp(a))): passes q2_basic (1), fails q2_extreme
-            "q2_answer": "def log_mean_exp(a):\n    return a.exp().mean(-1).log()\n",
-            # weights exponentiated directly: nan for log-weights near +-900, fails both (0)
-            "q3_answer": "def self_normalized_is(h_values, log_weights):\n"
-            "    w = log_weights.exp()\n"
-            "    return (w * h_values).sum() / w.sum(), w.sum() ** 2 / (w**2).sum()\n",
-            # q4 right (1); q5 uses A instead of its symmetric part: fails both (0); q6 (2) and q7 (1) right
-            "q5_answer": "def hutchinson_variance(A, probe):\n"
-            "    if probe == 'gaussian':\n"
-            "        return 2 * (A**2).sum()\n"
-            "    return 2 * ((A**2).sum() - (A.diagonal() ** 2).sum())\n",
+            # the lecture's Rademacher/Gaussian formula with A in place of its symmetric part: both q3 cells fail (0)
+            "q3_answer": "def hutchinson_variance(A, fourth_moment, m=1):\n"
+            "    on = (A.diagonal() ** 2).sum()\n"
+            "    return (2 * ((A**2).sum() - on) + (fourth_moment - 1) * on) / m\n",
+            # the right estimate, but the standard error of h instead of the adjusted terms: q4_estimate (1) only
+            "q4_answer": "def control_variate_estimate(h_values, g_values, g_mean):\n"
+            "    dh, dg = h_values - h_values.mean(), g_values - g_values.mean()\n"
+            "    c = (dh * dg).sum() / (dg * dg).sum()\n"
+            "    est = (h_values - c * (g_values - g_mean)).mean()\n"
+            "    return est, h_values.std() / math.sqrt(len(h_values))\n",
         },
-        6.0,
+        10.0,
     ),
     "ch02_maximum_likelihood": (
         {
@@ -1179,21 +1173,21 @@ DESIGNED_PARTIALS = {
     ),
     "ch04_classical_models": (
         {
-            # sorts the eigenvalues in decreasing order: q1_cov passes (1), q1_values fails
-            "q1_answer": "def sample_gaussian_eigen(mean, cov, z):\n"
-            "    evals, E = torch.linalg.eigh(cov)\n"
-            "    evals, E = evals.flip(0), E.flip(1)\n"
-            "    return mean + z @ (E * evals.sqrt()).T\n",
-            # log of a sum of exps: q2_basic passes (1), far-away points give -inf
-            "q2_answer": "def mixture_log_likelihood(x, weights, means, stds):\n"
-            "    u = (x[:, None] - means) / stds\n"
-            "    dens = torch.exp(-0.5 * u**2) / (stds * math.sqrt(2 * math.pi))\n"
-            "    return torch.log((weights * dens).sum(1))\n",
-            # q3..q6 right (3 + 2 + 2 + 1); q7 forgets the mask: q7_basic passes (1), q7_masked fails
-            "q7_answer": "def ar_log_likelihood(x, W, b):\n"
-            "    a = b + x @ W.T\n"
-            "    F = torch.nn.functional\n"
-            "    return (x * F.logsigmoid(a) + (1 - x) * F.logsigmoid(-a)).sum(dim=1)\n",
+            # multiplies the pixel probabilities in the E step (the colleague's bug of Q2) inside a right M step:
+            # q3_step on 40 pixels passes (2), q3_ascent on 2000 pixels underflows to nan (0)
+            "q3_answer": "def bernoulli_em_step(x, weights, probs, alpha=1.0):\n"
+            "    lik = (probs[None] ** x[:, None] * (1 - probs[None]) ** (1 - x[:, None])).prod(dim=-1)\n"
+            "    r = weights * lik\n"
+            "    r = r / r.sum(dim=1, keepdim=True)\n"
+            "    nk = r.sum(0)\n"
+            "    return nk / x.shape[0], (r.T @ x + alpha) / (nk[:, None] + 2 * alpha)\n",
+            # indexes each table with the parents sorted instead of in the listed order: both q5 cells fail (0)
+            "q5_answer": "def ancestral_sample(cpts, parents, n, generator):\n"
+            "    x = torch.zeros(n, len(cpts), dtype=torch.long)\n"
+            "    for i, (table, pa) in enumerate(zip(cpts, parents)):\n"
+            "        rows = table[tuple(x[:, j] for j in sorted(pa))] if len(pa) else table.expand(n, -1)\n"
+            "        x[:, i] = torch.multinomial(rows, 1, generator=generator)[:, 0]\n"
+            "    return x\n",
         },
         11.0,
     ),

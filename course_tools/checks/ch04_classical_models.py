@@ -58,141 +58,189 @@ def _q1_values(ns):
     )
 
 
-# ---------------------------------------------------------------- Q2 mixture log-likelihood
-_W = torch.tensor([0.3, 0.7], dtype=F64)
-_M = torch.tensor([0.0, 3.0], dtype=F64)
-_S = torch.tensor([1.0, 0.5], dtype=F64)
+# ---------------------------------------------------------------- Q2 diagnose: Bernoulli-mixture E step
+def _long_case():
+    """Two components that agree on 1199 pixels and differ on pixel 0 (0.5 against 0.75); 1200 pixels in all."""
+    probs = torch.full((2, 1200), 0.5, dtype=F64)
+    probs[1, 0] = 0.75
+    pattern = (torch.arange(1199) % 2).to(F64)
+    x = torch.stack([torch.cat([torch.ones(1, dtype=F64), pattern]), torch.cat([torch.zeros(1, dtype=F64), pattern])])
+    return x, torch.tensor([0.5, 0.5], dtype=F64), probs
 
 
-@visible("ch04.q2.basic", "Q2 two components, three points: log p(x_n) per point")
-def _q2_basic(ns):
-    f = need(ns, "mixture_log_likelihood")
-    x = torch.tensor([-1.0, 1.5, 3.2], dtype=F64)
-    got = _tensor(f(x, _W, _M, _S), "mixture_log_likelihood(x, ...)", (3,))
-    want = [-2.6229113375305118, -3.099763307220762, -0.661080026118035]  # torch.distributions.MixtureSameFamily
+@visible("ch04.q2.long", "Q2 two pixels by hand; 1200 pixels where the product of probabilities underflows")
+def _q2_long(ns):
+    f = need(ns, "bernoulli_responsibilities")
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64)
+    w = torch.tensor([0.5, 0.5], dtype=F64)
+    p = torch.tensor([[0.9, 0.2], [0.3, 0.6]], dtype=F64)
+    r = _tensor(f(x, w, p), "bernoulli_responsibilities(x, weights, probs)", (2, 2))
+    want = [[6 / 7, 1 / 7], [0.5, 0.5]]
     expect(
-        all(_close(a, b) for a, b in zip(got.tolist(), want)),
-        f"expected {[round(v, 6) for v in want]}, got {[round(v, 6) for v in got.tolist()]} "
-        "(log N has -1/2 log(2 pi) - log sigma - (x - mu)^2 / (2 sigma^2))",
+        _close(r.tolist(), want),
+        f"x = (1, 0): 0.9 x 0.8 = 0.72 against 0.3 x 0.4 = 0.12, so r = (6/7, 1/7); "
+        f"x = (1, 1): 0.18 against 0.18, r = (1/2, 1/2). Expected {fmt(torch.tensor(want))}, got {fmt(r)}",
+    )
+    x, w, p = _long_case()
+    r = _tensor(f(x, w, p), "bernoulli_responsibilities(x, weights, probs)", (2, 2))
+    want = [[0.4, 0.6], [2 / 3, 1 / 3]]
+    expect(
+        _close(r.tolist(), want),
+        f"1200 pixels, the components differ only on pixel 0 (0.5 against 0.75): "
+        f"r = (0.25, 0.375) / 0.625 = (0.4, 0.6) when x_0 = 1 and (2/3, 1/3) when x_0 = 0; got {fmt(r)} "
+        "(0.5^1200 underflows to 0: sum logs instead of multiplying probabilities)",
     )
 
 
-@visible("ch04.q2.far", "Q2 a point at x = 1000 gets a finite log-likelihood (no underflow)")
-def _q2_far(ns):
-    f = need(ns, "mixture_log_likelihood")
-    got = _tensor(f(torch.tensor([1000.0], dtype=F64), _W, _M, _S), "mixture_log_likelihood", (1,)).item()
-    want = -500002.12291133753
+@visible("ch04.q2.extreme", "Q2 pixel probabilities of 1e-12: finite responsibilities, (2/3, 1/3)")
+def _q2_extreme(ns):
+    f = need(ns, "bernoulli_responsibilities")
+    p = torch.full((2, 40), 1e-12, dtype=F64)
+    p[:, 0] = torch.tensor([0.5, 0.25], dtype=F64)
+    x = torch.zeros(1, 40, dtype=F64)
+    x[0, :30] = 1.0
+    r = _tensor(f(x, torch.tensor([0.5, 0.5], dtype=F64), p), "bernoulli_responsibilities(x, weights, probs)", (1, 2))
     expect(
-        math.isfinite(got),
-        f"got {got}: N(1000; mu, sigma^2) underflows to 0, so log(sum(...)) = -inf. Use torch.logsumexp on "
-        "log pi_k + log N(x; mu_k, sigma_k^2)",
+        _close(r.tolist(), [[2 / 3, 1 / 3]]),
+        f"29 pixels that are on with probability 1e-12 in both components "
+        f"cancel; pixel 0 gives 0.5 against 0.25, so r = (2/3, 1/3); got {fmt(r)}",
     )
-    expect(_close(got, want), f"expected {want:.4f}, got {got:.4f}")
 
 
-# ---------------------------------------------------------------- Q3 EM step
-def _em_out(ns, x, w, m, s):
-    f = need(ns, "em_step")
-    out = f(x, w, m, s)
-    expect(isinstance(out, tuple) and len(out) == 3, f"expected a tuple of 3 tensors, got {type(out).__name__}")
-    return [_tensor(o, name, (len(w),)).tolist() for o, name in zip(out, ("new_weights", "new_means", "new_stds"))]
-
-
-@visible("ch04.q3.step", "Q3 one EM step on five points from a two-component start")
+# ---------------------------------------------------------------- Q3 derive: Bernoulli-mixture EM step
+@visible(
+    "ch04.q3.step", "Q3 one component: weighted frequencies (with alpha = 1: (2 + 1) / (3 + 2)); two components by hand"
+)
 def _q3_step(ns):
-    x = torch.tensor([-1.0, -0.5, 0.2, 2.8, 3.5], dtype=F64)
-    got = _em_out(ns, x, _W, _M, _S)
-    # computed once and checked to maximise the expected complete-data log-likelihood (autograd: gradient 0)
-    want = [
-        [0.6010712312069911, 0.39892876879300887],
-        [-0.42739036938090863, 3.150667873196064],
-        [0.511545385780105, 0.3500038978745546],
-    ]
-    for name, g, w in zip(("weights", "means", "stds"), got, want):
-        expect(
-            all(_close(a, b, 1e-7) for a, b in zip(g, w)),
-            f"new {name}: expected {[round(v, 5) for v in w]}, got {[round(v, 5) for v in g]}"
-            + (" (the stds use the new means, and divide by N_k, not N)" if name == "stds" else ""),
-        )
-
-
-@visible("ch04.q3.far", "Q3 a point far from both components does not produce nan")
-def _q3_far(ns):
-    x = torch.tensor([-1.0, 0.5, 3.0, 60.0], dtype=F64)
-    got = _em_out(ns, x, _W, _M, _S)
+    f = need(ns, "bernoulli_em_step")
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], dtype=F64)
+    out = f(x, torch.ones(1, dtype=F64), torch.full((1, 2), 0.5, dtype=F64), 1.0)
+    expect(isinstance(out, tuple) and len(out) == 2, "bernoulli_em_step should return (new_weights, new_probs)")
+    w1 = _tensor(out[0], "the new weights", (1,))
+    p1 = _tensor(out[1], "the new probs", (1, 2))
     expect(
-        all(math.isfinite(v) for g in got for v in g),
-        "got nan or inf: at x = 60 every N(x; mu_k, sigma_k^2) underflows to 0 and r = 0 / 0. Compute the "
-        "responsibilities from the log-terms (softmax over k, or subtract their logsumexp)",
+        _close(w1.tolist(), [1.0]) and _close(p1.tolist(), [[0.6, 0.4]]),
+        f"one component, alpha = 1: pixel 0 is on "
+        f"in 2 of 3 vectors, (2 + 1) / (3 + 2) = 0.6, pixel 1 (1 + 1) / 5 = 0.4; got {fmt(w1)}, {fmt(p1)}",
     )
-    want = [
-        [0.750588784922038, 0.24941121507796205],
-        [19.820145158068506, 2.999950618070897],
-        [28.40147859080863, 0.011110912868401933],
-    ]
+    x2 = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64)
+    w = torch.tensor([0.5, 0.5], dtype=F64)
+    p = torch.tensor([[0.9, 0.2], [0.3, 0.6]], dtype=F64)
+    w0, p0 = f(x2, w, p, 0.0)
     expect(
-        all(_close(a, b, 1e-7) for g, w in zip(got, want) for a, b in zip(g, w)),
-        f"expected weights, means, stds {[[round(v, 4) for v in w] for w in want]}, "
-        f"got {[[round(v, 4) for v in g] for g in got]}",
+        _close(_tensor(w0, "the new weights", (2,)).tolist(), [19 / 28, 9 / 28]),
+        f"r = ((6/7, 1/7), (1/2, 1/2)), so N_k = (19/14, 9/14) and the weights are (19/28, 9/28); got {fmt(w0)}",
+    )
+    expect(
+        _close(_tensor(p0, "the new probs", (2, 2)).tolist(), [[1.0, 7 / 19], [1.0, 7 / 9]]),
+        f"alpha = 0: p_kj = sum_n r_nk x_nj / N_k = ((1, 7/19), (1, 7/9)); got {fmt(p0)}",
+    )
+    _, p_one = f(x2, w, p, 1.0)
+    expect(
+        _close(p_one.tolist(), [[33 / 47, 21 / 47], [23 / 37, 21 / 37]]),
+        f"alpha = 1: (sum_n r_nk x_nj + 1) / (N_k + 2) = ((33/47, 21/47), (23/37, 21/37)); got {fmt(p_one)}",
     )
 
 
-# ---------------------------------------------------------------- Q4 Bayesian network joint
+@visible("ch04.q3.ascent", "Q3 1200 pixels: finite, and the weights (8/15, 7/15) from r = (0.4, 0.6), (2/3, 1/3)")
+def _q3_ascent(ns):
+    f = need(ns, "bernoulli_em_step")
+    x, w, p = _long_case()
+    out = f(x, w, p, 1.0)
+    expect(isinstance(out, tuple) and len(out) == 2, "bernoulli_em_step should return (new_weights, new_probs)")
+    w1 = _tensor(out[0], "the new weights", (2,))
+    p1 = _tensor(out[1], "the new probs", (2, 1200))
+    expect(
+        bool(torch.isfinite(w1).all() and torch.isfinite(p1).all()),
+        "the step gives nan or inf on 1200 pixels: compute the responsibilities in log space",
+    )
+    expect(
+        _close(w1.tolist(), [8 / 15, 7 / 15]),
+        f"N_k = (0.4 + 2/3, 0.6 + 1/3) = (16/15, 14/15), weights (8/15, 7/15); got {fmt(w1)}",
+    )
+    want = [[21 / 46, 15 / 46, 31 / 46], [6 / 11, 15 / 44, 29 / 44]]
+    expect(
+        _close(p1[:, :3].tolist(), want),
+        f"the first three pixels (x_0 differs, then 0, 1 in both vectors): "
+        f"{fmt(torch.tensor(want))}; got {fmt(p1[:, :3])}",
+    )
+
+
+# ---------------------------------------------------------------- Q4 joint table of any network
 def _student_tables():
     p_d = torch.tensor([0.6, 0.4], dtype=F64)
     p_i = torch.tensor([0.7, 0.3], dtype=F64)
     p_g = torch.tensor([[[0.3, 0.4, 0.3], [0.05, 0.25, 0.7]], [[0.9, 0.08, 0.02], [0.5, 0.3, 0.2]]], dtype=F64)
     p_s = torch.tensor([[0.95, 0.05], [0.2, 0.8]], dtype=F64)
     p_l = torch.tensor([[0.1, 0.9], [0.4, 0.6], [0.99, 0.01]], dtype=F64)
-    return p_d, p_i, p_g, p_s, p_l
+    return [p_d, p_i, p_g, p_s, p_l]
 
 
-@visible("ch04.q4", "Q4 the lecture's student network: shape (2, 2, 3, 2, 2), sums to 1, and the entry [1, 1, 0, 1, 1]")
+@visible(
+    "ch04.q4", "Q4 the student network as cpts/parents: sums to 1, entry [1, 1, 0, 1, 1]; parents listed out of order"
+)
 def _q4(ns):
-    f = need(ns, "student_joint")
-    t = _student_tables()
-    J = _tensor(f(*t), "student_joint(...)", (2, 2, 3, 2, 2))
+    f = need(ns, "network_joint")
+    J = _tensor(f(_student_tables(), [[], [], [1, 0], [1], [2]]), "network_joint(cpts, parents)", (2, 2, 3, 2, 2))
     expect(_close(J.sum().item(), 1.0, 1e-10), f"the joint should sum to 1, got {J.sum().item():.6f}")
     want = 0.4 * 0.3 * 0.5 * 0.8 * 0.9  # d = hard, i = high, g = A, s = high, l = strong
     got = J[1, 1, 0, 1, 1].item()
     expect(
         _close(got, want),
-        f"joint[1, 1, 0, 1, 1] = p(d1) p(i1) p(g0 | i1, d1) p(s1 | i1) p(l1 | g0) should be {want:.6f}, got {got:.6f}. "
-        "Mind the index order of p_g_id: [i, d, g]",
+        f"joint[1, 1, 0, 1, 1] = p(d1) p(i1) p(g0 | i1, d1) p(s1 | i1) p(l1 | g0) = {want:.6f}, "
+        f"got {got:.6f}. The axes of cpts[2] are its parents in the listed order [1, 0] (i, d), then g",
+    )
+    c2 = torch.tensor([[[0.1, 0.9], [0.6, 0.4]], [[0.5, 0.5], [0.2, 0.8]], [[0.7, 0.3], [0.3, 0.7]]], dtype=F64)
+    tables = [torch.tensor([0.25, 0.75], dtype=F64), torch.tensor([0.2, 0.3, 0.5], dtype=F64), c2]
+    J2 = _tensor(f(tables, [[], [], [1, 0]]), "network_joint(cpts, parents)", (2, 3, 2))
+    want2 = 0.75 * 0.2 * 0.4  # x0 = 1, x1 = 0, x2 = 1: cpts[2][x1 = 0, x0 = 1, x2 = 1] = 0.4
+    expect(
+        _close(J2[1, 0, 1].item(), want2),
+        f"node 2 with parents [1, 0]: joint[1, 0, 1] = p(x0 = 1) p(x1 = 0) "
+        f"cpts[2][0, 1, 1] = 0.75 x 0.2 x 0.4 = {want2:.4f}, got {J2[1, 0, 1].item():.4f}",
     )
 
 
-# ---------------------------------------------------------------- Q5 independence gap
-# the joint table of the student network, indexed [d, i, g, s, l]: each entry is the product of one entry of
-# each table of _student_tables()
-_STUDENT_JOINT = torch.tensor(
-    [
-        0.011970000000000001, 0.10773, 0.00063, 0.0056700000000000006, 0.06384, 0.09576, 0.0033600000000000006,
-        0.00504, 0.118503, 0.001197, 0.006237, 6.3e-05, 0.0032400000000000007, 0.029160000000000005,
-        0.012960000000000003, 0.11664000000000002, 0.001152, 0.0017280000000000002, 0.004608, 0.006912000000000001,
-        0.0007128000000000001, 7.2000000000000005e-06, 0.0028512000000000003, 2.8800000000000002e-05,
-        0.0013299999999999998, 0.011969999999999998, 7.000000000000001e-05, 0.00063, 0.0266, 0.03989999999999999,
-        0.0014, 0.0021, 0.18433799999999997, 0.0018619999999999997, 0.009701999999999999, 9.8e-05,
-        0.0012000000000000001, 0.0108, 0.0048000000000000004, 0.0432, 0.00288, 0.00432, 0.01152, 0.01728, 0.004752,
-        4.800000000000001e-05, 0.019008, 0.00019200000000000003,
-    ],
-    dtype=F64,
-).reshape(2, 2, 3, 2, 2)
+# ---------------------------------------------------------------- Q5 ancestral sampling
+@visible(
+    "ch04.q5.marginals", "Q5 4000 samples of X0 -> X1: frequencies within 5 standard errors of the exact marginals"
+)
+def _q5_marginals(ns):
+    f = need(ns, "ancestral_sample")
+    tables = [torch.tensor([0.3, 0.7], dtype=F64), torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.3, 0.5]], dtype=F64)]
+    x = f(tables, [[], [0]], 4000, torch.Generator().manual_seed(0))
+    x = tensor(x, "ancestral_sample(cpts, parents, n, generator)", (4000, 2), torch.long, "integer samples")
+    exact = {0: [0.3, 0.7], 1: [0.3 * 0.9 + 0.7 * 0.2, 0.3 * 0.1 + 0.7 * 0.3, 0.7 * 0.5]}
+    for i, probs in exact.items():
+        freq = torch.bincount(x[:, i], minlength=len(probs)).to(F64) / 4000
+        se = [math.sqrt(p * (1 - p) / 4000) for p in probs]
+        ok = all(abs(fr - p) <= 5 * s + 1e-12 for fr, p, s in zip(freq.tolist(), probs, se))
+        expect(
+            ok,
+            f"node {i}: exact marginal {fmt(torch.tensor(probs))}, sample frequencies {fmt(freq)} "
+            "(more than 5 standard errors apart)",
+        )
 
-@visible("ch04.q5", "Q5 student network: D _|_ I and L _|_ (D, I, S) | G hold; D _|_ I | G does not")
-def _q5(ns):
-    f = need(ns, "independence_gap")
-    J = _STUDENT_JOINT
-    g1 = _tensor(f(J, (0,), (1,), ()), "independence_gap(joint, (0,), (1,), ())", ())
-    expect(abs(g1.item()) < 1e-12, f"D and I are independent: expected 0, got {g1.item():.3g}")
-    g2 = _tensor(f(J, (4,), (0, 1, 3), (2,)), "independence_gap(joint, (4,), (0, 1, 3), (2,))", ())
-    expect(abs(g2.item()) < 1e-12, f"L _|_ (D, I, S) | G holds: expected 0, got {g2.item():.3g}")
-    g3 = _tensor(f(J, (0,), (1,), (2,)), "independence_gap(joint, (0,), (1,), (2,))", ()).item()
-    want = 0.060595451301455716
+
+@visible("ch04.q5.pairs", "Q5 a network of 0/1 tables is deterministic: every sample is (1, 0, 1)")
+def _q5_pairs(ns):
+    f = need(ns, "ancestral_sample")
+    c2 = torch.zeros(3, 2, 2, dtype=F64)
+    c2[..., 0] = 1.0
+    c2[0, 1] = torch.tensor([0.0, 1.0], dtype=F64)  # x2 = 1 exactly when (x1, x0) = (0, 1)
+    tables = [torch.tensor([0.0, 1.0], dtype=F64), torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=F64), c2]
+    x = tensor(
+        f(tables, [[], [0], [1, 0]], 50, torch.Generator().manual_seed(1)),
+        "ancestral_sample(cpts, parents, n, generator)",
+        (50, 3),
+        torch.long,
+        "integer samples",
+    )
+    rows = {tuple(r) for r in x.tolist()}
     expect(
-        _close(g3, want, 1e-6),
-        f"D and I are dependent given G (explaining away): expected a gap of {want:.6f}, got {g3:.6f}. "
-        "Divide by p(c) to condition: p(a, b | c) = p(a, b, c) / p(c)",
+        rows == {(1, 0, 1)},
+        f"x0 = 1 always, then x1 = 0 (row 1 of cpts[1]), then x2 = cpts[2][x1, x0] = "
+        f"cpts[2][0, 1] = (0, 1) gives 1: expected only (1, 0, 1), got {sorted(rows)[:4]}",
     )
 
 
