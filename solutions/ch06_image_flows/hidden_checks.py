@@ -2,9 +2,10 @@
 
 Never released: the student version, the feedback and the student repository do not contain this file.
 See ``course_tools/hidden.py`` for how a check runs (record the calls, run them in the kernel, replay here).
-References are computed independently of the model solution: flowlib's ``Squeeze`` and ``GlowStep``,
-``torch.nn.BatchNorm2d``, autograd on the reference maps, closed-form covariances; every Jacobian of a student's
-map is computed here from returned values (``central_differences``).
+References are computed independently of the model solution (no flowlib import, which keeps grading cheap):
+strided slicing for the squeeze, ``torch.nn.BatchNorm2d`` and autograd on the reference maps, ``torch.nn`` modules
+for Glow's parameter count (checked against flowlib's ``GlowStep`` when written), closed-form covariances. Every
+Jacobian of a student's map is computed here from returned values (``central_differences``).
 """
 
 import math
@@ -37,9 +38,10 @@ def _rand(*shape, seed, low=0.0, high=1.0):
 
 # ---------------------------------------------------------------- Q1 squeeze (diagnose)
 def ref_squeeze(x):
-    from flowlib.transforms import Squeeze
-
-    return Squeeze(2)._forward(x)[0]
+    """By strided slicing: channel 4c + 2p + q is x[:, c, p::2, q::2] (a route other than reshape/permute)."""
+    b, c, h, w = x.shape
+    parts = [x[:, :, p::2, q::2] for p in (0, 1) for q in (0, 1)]  # each (b, c, h/2, w/2)
+    return torch.stack(parts, dim=2).reshape(b, 4 * c, h // 2, w // 2)
 
 
 @checks.cell("q1_squeeze_test")
@@ -138,12 +140,11 @@ def _bn_params(c, seed):
 
 def ref_batchnorm(mean, var, log_gamma, beta, eps):
     """torch.nn.BatchNorm2d in evaluation mode with these running statistics, weight e^log_gamma and bias beta."""
-    bn = torch.nn.BatchNorm2d(len(mean), eps=eps).double().eval()
-    with torch.no_grad():
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.weight.copy_(torch.exp(log_gamma))
-        bn.bias.copy_(beta)
+    bn = torch.nn.BatchNorm2d(len(mean), eps=eps).double().eval().requires_grad_(False)
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+    bn.weight.copy_(torch.exp(log_gamma))
+    bn.bias.copy_(beta)
     return bn
 
 
@@ -165,11 +166,9 @@ def q3_map(student):
     inv = student.batchnorm_flow_inverse(z, *pz, 0.5)
     zs = expect_tensor(fwd[0], "z of batchnorm_flow", shape=(3, 3, 2, 4), dtype=F64)
     xs = expect_tensor(inv[0], "x of batchnorm_flow_inverse", shape=(2, 2, 3, 3), dtype=F64)
-    with torch.no_grad():
-        expect_close(zs, ref_batchnorm(*px, 1e-3)(x), "z is wrong (evaluation mode: the given running mean and "
-                     "variance, eps inside the square root, then e^log_gamma and beta)")
-        expect_close(ref_batchnorm(*pz, 0.5)(xs), z, "batchnorm_flow_inverse(z) is not the x that the layer maps "
-                     "to z")
+    expect_close(zs, ref_batchnorm(*px, 1e-3)(x), "z is wrong (evaluation mode: the given running mean and "
+                 "variance, eps inside the square root, then e^log_gamma and beta)")
+    expect_close(ref_batchnorm(*pz, 0.5)(xs), z, "batchnorm_flow_inverse(z) is not the x that the layer maps to z")
 
 
 @checks.cell("q3_logdet_test")
@@ -199,26 +198,30 @@ def q3_logdet(student):
 
 # ---------------------------------------------------------------- Q4 parameters of a multi-scale Glow (predict)
 def ref_glow_free_params(image_shape, num_levels, steps_per_level, hidden):
-    """Counted on flowlib's GlowStep modules, level by level: every parameter entry, except the masked halves of
-    the stored L and U matrices (only their strictly lower / strictly upper entries are free)."""
-    from flowlib.transforms import GlowStep, MultiScale
-
+    """Counted on torch modules built on the meta device (no memory), level by level: the conditioner's three
+    convolutions as torch.nn builds them, ActNorm's shift and log-scale, and the free entries of L, U and log|s|
+    counted from triangular masks. The level shapes follow the squeeze / factor-out rule step by step."""
+    nn = torch.nn
+    c, side = image_shape[0], image_shape[1:]
     total = 0
-    for c, _, _ in MultiScale.level_shapes(image_shape, num_levels):
-        step = GlowStep(c, hidden, lu=True)
-        n = 0
-        for name, p in step.named_parameters():
-            if name.endswith("lu.lower") or name.endswith("lu.upper"):
-                n += int(torch.ones(c, c).tril(-1).sum())
-            else:
-                n += p.numel()
-        total += steps_per_level * n
+    for level in range(num_levels):
+        assert all(n % 2**(level + 1) == 0 for n in side), "author error: image size not divisible"
+        c *= 4
+        with torch.device("meta"):
+            net = nn.Sequential(nn.Conv2d(c // 2, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1),
+                                nn.ReLU(), nn.Conv2d(hidden, c, 3, padding=1))
+            actnorm = [nn.Parameter(torch.empty(c)), nn.Parameter(torch.empty(c))]
+        conditioner = sum(p.numel() for p in net.parameters())
+        lu = int(torch.ones(c, c).tril(-1).sum() + torch.ones(c, c).triu(1).sum()) + c
+        total += steps_per_level * (sum(p.numel() for p in actnorm) + lu + conditioner)
+        if level < num_levels - 1:
+            c //= 2
     return total
 
 
 @checks.cell("q4_test")
 def q4(student):
-    """free parameters of multi-scale Glows on new image shapes, counted on flowlib's modules"""
+    """free parameters of multi-scale Glows on new image shapes, counted on torch modules"""
     cases = [((3, 32, 32), 3, 8, 64), ((1, 28, 28), 2, 4, 32), ((2, 16, 8), 3, 2, 16), ((3, 4, 4), 1, 3, 8)]
     got = [student.glow_num_params(shape, L, K, H) for shape, L, K, H in cases]
     for (shape, L, K, H), v in zip(cases, got):
