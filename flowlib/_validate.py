@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_dtype", "module_dtype", "check_positive", "check_int", "check_probability"]
+__all__ = [
+    "check_tensor",
+    "check_dtype",
+    "module_dtype",
+    "check_positive",
+    "check_int",
+    "check_probability",
+    "check_context",
+]
 
 
 def check_tensor(
@@ -110,3 +118,33 @@ def check_probability(value, name: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
     return v
+
+
+def check_context(module, context, batch: int):
+    """Check the ``context`` passed to a (possibly) conditional ``module`` for a batch of ``batch`` rows.
+
+    A module whose ``context_dim`` is ``None`` takes no context: ``None`` is returned unchanged and anything
+    else is an error. A conditional module (``context_dim = c``) needs a tensor of shape ``(batch, c)`` of its
+    dtype, finite. Raises ``ValueError`` naming what was expected (``TypeError`` for a dtype mismatch).
+    """
+    c = getattr(module, "context_dim", None)
+    kind = type(module).__name__
+    if c is None:
+        if context is None:
+            return None
+        raise ValueError(
+            f"{kind} is not conditional and takes no context; build its layers with context_dim=... "
+            f"to condition on one (got a context of type {type(context).__name__})"
+        )
+    if context is None:
+        raise ValueError(f"{kind} is conditional (context_dim={c}): pass context, a tensor of shape ({batch}, {c})")
+    check_tensor(context, name="context")
+    if context.dim() != 2 or context.shape[1] != c:
+        raise ValueError(f"context must have shape (batch, {c}), got {tuple(context.shape)}")
+    if context.shape[0] != batch:
+        raise ValueError(
+            f"context must have one row per sample: shape ({batch}, {c}) for a batch of {batch}, "
+            f"got {tuple(context.shape)}"
+        )
+    check_dtype(context, module, "context")
+    return context

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_dtype, check_int, check_tensor
+from flowlib._validate import check_context, check_dtype, check_int, check_tensor
 from flowlib.transforms.base import Compose, Transform
 
 __all__ = ["Flow"]
@@ -19,6 +19,12 @@ class Flow(nn.Module):
         log p_X(x) = log p_Z(f(x)) + log|det J_f(x)|                       (1)
 
     Sampling draws ``z ~ p_Z`` and returns ``f^{-1}(z)``.
+
+    **Conditional flows.** When the transform has conditional layers (built with ``context_dim = c``: couplings,
+    MAF/IAF and their spline versions), the model is a conditional density ``p(x | context)``: ``f`` depends on
+    the context, ``log p(x | ctx) = log p_Z(f(x; ctx)) + log|det df/dx(x; ctx)|`` (for each fixed context (1)
+    holds as it is), and ``log_prob(x, context)``, ``sample(n, context)`` take it. Without context nothing
+    changes.
 
     Parameters
     ----------
@@ -40,15 +46,23 @@ class Flow(nn.Module):
     def event_shape(self):
         return getattr(self.base, "event_shape", None)
 
+    @property
+    def context_dim(self) -> int | None:
+        """Width of the context of a conditional flow (``None``: unconditional)."""
+        return self.transform.context_dim
+
     #: Rows per block when ``log_prob``/``sample`` run without autograd on a large batch of vectors (see
     #: ``_blocks``); ``None`` switches the blocking off.
     block_rows: int | None = 2048
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample log-density in nats, shape ``(batch,)``: equation (1)."""
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample log-density in nats, shape ``(batch,)``: equation (1). A conditional flow needs
+        ``context`` of shape ``(batch, context_dim)`` (one context per row of ``x``)."""
         check_tensor(x, name="x", event_shape=self.event_shape)
         check_dtype(x, self, "x")
         self.transform._check_shape(tuple(x.shape), "x")  # shapes only: no second scan of x
+        if context is not None or self.transform.context_dim is not None:
+            return self._log_prob_context(x, check_context(self.transform, context, x.shape[0]))
         blocks = self._blocks(x)
         if blocks is not None:
             return torch.cat([self._log_prob(b) for b in blocks])
@@ -57,6 +71,22 @@ class Flow(nn.Module):
     def _log_prob(self, x):
         z, logdet = self.transform._forward(x)  # validated once, in log_prob
         return self.base.log_prob(z) + logdet
+
+    def _log_prob_context(self, x, context):
+        blocks = self._blocks(x)
+        if blocks is not None:
+            return torch.cat([self._log_prob_context(b, c) for b, c in zip(blocks, context.split(self.block_rows))])
+        z, logdet = self.transform._forward(x, context)
+        return self.base.log_prob(z) + logdet
+
+    def _sample_context(self, n: int, context):
+        """``context`` of a conditional ``sample``: ``(n, c)`` (one per sample) or ``(c,)`` (the same for all)."""
+        c = self.transform.context_dim
+        if c is not None and isinstance(context, torch.Tensor) and context.dim() == 1:
+            if context.shape[0] != c:
+                raise ValueError(f"context must have shape ({c},) or (n, {c}) = ({n}, {c}), got {tuple(context.shape)}")
+            context = context.expand(n, c)
+        return check_context(self.transform, context, n)
 
     def _blocks(self, x):
         """Without autograd, a large batch of wide vectors (``d >= 16``) through a stack of row-wise layers
@@ -71,12 +101,22 @@ class Flow(nn.Module):
             return None
         return x.split(rows)
 
-    def forward(self, x):
-        return self.log_prob(x)
+    def forward(self, x, context=None):
+        return self.log_prob(x, context)
 
-    def sample(self, n: int) -> torch.Tensor:
-        """Draw ``n`` samples: ``z ~ p_Z``, ``x = f^{-1}(z)``."""
+    def sample(self, n: int, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw ``n`` samples: ``z ~ p_Z``, ``x = f^{-1}(z)``. A conditional flow needs ``context``: shape
+        ``(n, context_dim)`` (one context per sample) or ``(context_dim,)`` (``n`` samples of one context)."""
         check_int(n, "n")
+        if context is not None or self.transform.context_dim is not None:
+            context = self._sample_context(n, context)
+            z = self.base.sample(n)
+            check_dtype(z, self.transform, "the base's samples")
+            blocks = self._blocks(z)
+            if blocks is not None:
+                rows = self.block_rows
+                return torch.cat([self.transform._inverse(b, c)[0] for b, c in zip(blocks, context.split(rows))])
+            return self.transform._inverse(z, context)[0]
         z = self.base.sample(n)
         blocks = self._blocks(z)
         if blocks is not None:
@@ -84,9 +124,15 @@ class Flow(nn.Module):
         x, _ = self.transform._inverse(z)  # z comes from the base: already well formed
         return x
 
-    def sample_with_log_prob(self, n: int):
-        """Samples and their log-densities in one pass: ``log p_X(x) = log p_Z(z) - log|det J_{f^{-1}}(z)|``."""
+    def sample_with_log_prob(self, n: int, context: torch.Tensor | None = None):
+        """Samples and their log-densities in one pass: ``log p_X(x) = log p_Z(z) - log|det J_{f^{-1}}(z)|``.
+        ``context`` as in ``sample``."""
         check_int(n, "n")
+        if context is not None or self.transform.context_dim is not None:
+            context = self._sample_context(n, context)
+            z = self.base.sample(n)
+            x, logdet_inv = self.transform._inverse(z, context)
+            return x, self.base.log_prob(z) - logdet_inv
         z = self.base.sample(n)
         x, logdet_inv = self.transform._inverse(z)
         return x, self.base.log_prob(z) - logdet_inv
@@ -107,7 +153,7 @@ def _rowwise(transform) -> bool:
     """Whether ``transform`` maps every row of a batch on its own, with no state that a call changes (so that
     splitting a batch into blocks cannot change the result): vector couplings with flowlib's ``MLP``, MADE
     layers, permutations, and compositions of them."""
-    from flowlib.transforms.autoregressive import MAF
+    from flowlib.transforms.autoregressive import MAF, SplineMAF
     from flowlib.transforms.coupling import MLP, _Coupling
     from flowlib.transforms.permutation import Permutation
 
@@ -115,4 +161,4 @@ def _rowwise(transform) -> bool:
         return all(_rowwise(t) for t in transform.transforms)
     if isinstance(transform, _Coupling):  # flowlib's own MLP: no batch statistics, whatever the mode
         return not transform.image and type(transform.conditioner) is MLP
-    return isinstance(transform, (MAF, Permutation))  # IAF is a MAF subclass
+    return isinstance(transform, (MAF, SplineMAF, Permutation))  # IAF, SplineIAF are subclasses

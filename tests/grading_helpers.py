@@ -660,8 +660,14 @@ def {name}(*args, **kwargs):
     )
 
 
-def attack_cases(assignment: str) -> list[Case]:
-    """The issue's attack classes, generated for this assignment: each must get exactly what it deserves."""
+def attack_cases(assignment: str, formats: bool = True) -> list[Case]:
+    """The issue's attack classes, generated for this assignment: each must get exactly what it deserves.
+
+    The attacks on the answers (wrong answers with in-kernel tricks, memoised and forged answers, an edited
+    notebook) depend on the questions and run on every assignment. The attacks on the submission's form
+    (``formats``: malformed output, shadowing files, duplicate or foreign metadata, a directory or nested JSON
+    instead of a notebook, a notebook that prints everything) do not, and cost minutes per assignment: the
+    grading suite runs them on two assignments (FORMATS_ON in tests/test_grading.py)."""
     (nb_name,) = notebooks(assignment)[:1]
     lay = layout(assignment, nb_name)
     sol = lay.solution_src
@@ -729,7 +735,7 @@ def attack_cases(assignment: str) -> list[Case]:
         }
     )
     leaky["cells"].append({"cell_type": "markdown", "id": "leak-2", "metadata": {}, "source": MARKDOWN_SCRIPT})
-    return malformed_cases(assignment, nb_name) + [
+    answers = [
         memo_case(assignment, nb_name, 0),
         memo_case(assignment, nb_name, 1),
         Case(
@@ -807,6 +813,10 @@ def attack_cases(assignment: str) -> list[Case]:
             None,
             same_as="a_wrong",
         ),
+    ]
+    if not formats:
+        return answers
+    return answers + malformed_cases(assignment, nb_name) + [
         Case(
             "a_shadow",
             "untouched notebook + ipykernel_launcher.py and torch.py in the submission",

@@ -11,6 +11,7 @@ from flowlib.transforms.coupling import (  # noqa: E402
     AdditiveCoupling,
     AffineCoupling,
     ConvNet,
+    SplineCoupling,
     alternating_mask,
     channel_mask,
     checkerboard_mask,
@@ -49,15 +50,31 @@ __all__ += [
     "ConvNet",
     "AdditiveCoupling",
     "AffineCoupling",
+    "SplineCoupling",
     "Squeeze",
     "MultiScale",
     "GlowStep",
 ]
 
-from flowlib.transforms.autoregressive import IAF, MADE, MAF, MaskedLinear, iaf, maf  # noqa: E402
+from flowlib.transforms.autoregressive import (  # noqa: E402
+    IAF,
+    MADE,
+    MAF,
+    MaskedLinear,
+    SplineIAF,
+    SplineMAF,
+    iaf,
+    maf,
+    spline_maf,
+)
 from flowlib.transforms.cnf import CNF  # noqa: E402
 from flowlib.transforms.iresnet import IResBlock, LipSwish  # noqa: E402
 from flowlib.transforms.planar import Planar, Radial, Sylvester  # noqa: E402
 
 __all__ += ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf", "Planar", "Radial", "Sylvester"]
+__all__ += ["SplineMAF", "SplineIAF", "spline_maf"]
 __all__ += ["IResBlock", "LipSwish", "CNF"]
+
+from flowlib.transforms.splines import ElementwiseSpline, rational_quadratic_spline  # noqa: E402
+
+__all__ += ["ElementwiseSpline", "rational_quadratic_spline"]

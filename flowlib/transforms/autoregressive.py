@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from flowlib._validate import check_int, check_positive
-from flowlib.transforms.base import Transform
+from flowlib.transforms.base import Transform, _context_dim
 
-__all__ = ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf"]
+__all__ = ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf", "SplineMAF", "SplineIAF", "spline_maf"]
 
 
 def _check_hidden(hidden) -> tuple[int, ...]:
@@ -88,15 +88,21 @@ class MADE(nn.Module):
     order : ``None`` (natural ``x_1, ..., x_d``), ``'reverse'``, ``'random'`` (drawn with ``seed``) or a
         permutation of ``0..d-1`` giving each coordinate's position in the ordering.
     seed : seed for ``order='random'``.
+    context_dim : for a **conditional** MADE, the width ``c`` of a context vector. The context enters the first
+        hidden layer through an unmasked linear map (it plays the part of an input of degree 0, on which every
+        output may depend), so output ``i`` depends on ``x_<i`` and on the context: the autoregressive
+        structure in ``x`` is unchanged. ``None``: unconditional.
 
     ``forward(x)`` returns shape ``(batch, out_per_dim, dim)``: ``out[:, k, i]`` is parameter ``k`` of
     coordinate ``i``. The buffers ``order`` and ``degrees`` (a list: input, hidden layers, output) let
     tests check the autoregressive property.
     """
 
-    def __init__(self, dim: int, hidden=(64, 64), out_per_dim: int = 2, order=None, seed: int | None = None):
+    def __init__(self, dim: int, hidden=(64, 64), out_per_dim: int = 2, order=None, seed: int | None = None,
+                 context_dim: int | None = None):
         super().__init__()
         self.dim = check_int(dim, "dim")
+        self.context_dim = _context_dim(context_dim)
         self.hidden = _check_hidden(hidden)
         self.out_per_dim = check_int(out_per_dim, "out_per_dim")
         self.register_buffer("order", _check_order(order, self.dim, seed))
@@ -117,8 +123,9 @@ class MADE(nn.Module):
             if not last:
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
+        self.context = None if self.context_dim is None else nn.Linear(self.context_dim, self.hidden[0])
 
-    def forward(self, x: torch.Tensor, out_scale=None, cache=None):
+    def forward(self, x: torch.Tensor, out_scale=None, cache=None, context=None):
         """One pass, ``(batch, out_per_dim, dim)``. Two internal options of MAF's and IAF's no-grad paths:
 
         * ``out_scale`` (shape ``(out_per_dim,)``): returns the ``out_per_dim`` parameters as separate, contiguous
@@ -129,9 +136,14 @@ class MADE(nn.Module):
           estimate, of which only the coordinate fixed by the previous pass is read (a rank-1 update of the
           first layer's pre-activation instead of a matrix product), and only the ``out_per_dim`` outputs of
           the next coordinate in the ordering are computed: shape ``(batch, out_per_dim)``.
+
+        ``context`` (``(batch, context_dim)``, conditional MADEs only) is added to the first hidden layer's
+        pre-activation through ``self.context`` (a cached pass took it when the cache was made).
         """
         if cache is not None:
             return cache.step(x)
+        if context is not None:
+            return self._forward_context(x, context, out_scale)
         if torch.is_grad_enabled() and out_scale is None:
             return self.net(x).reshape(x.shape[0], self.out_per_dim, self.dim)
         *hidden, (w, b) = self.masked_params()
@@ -142,14 +154,26 @@ class MADE(nn.Module):
         d = self.dim
         return [F.linear(x, w[k * d : (k + 1) * d] * c, b[k * d : (k + 1) * d] * c) for k, c in enumerate(out_scale)]
 
+    def _forward_context(self, x, context, out_scale):
+        """A conditional pass: the first hidden layer also receives ``self.context(context)``."""
+        (w1, b1), *rest, (w, b) = self.masked_params()
+        h = (F.linear(x, w1, b1) + self.context(context)).relu()
+        for wh, bh in rest:
+            h = F.linear(h, wh, bh).relu()
+        if out_scale is None:
+            return F.linear(h, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
+        d = self.dim
+        return [F.linear(h, w[k * d : (k + 1) * d] * c, b[k * d : (k + 1) * d] * c) for k, c in enumerate(out_scale)]
+
     def masked_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(W * M, b), ...]`` of every layer, masks applied once (``F.linear(h, W * M, b)`` is exactly what
         ``MaskedLinear`` computes)."""
         return [(m.weight * m.mask, m.bias) for m in self.net if isinstance(m, MaskedLinear)]
 
-    def sequential_cache(self, batch: int, out_scale=None) -> _SequentialCache:
-        """State for ``dim`` calls ``self(x, cache=...)`` that invert an autoregressive layer without autograd."""
-        return _SequentialCache(self, batch, out_scale)
+    def sequential_cache(self, batch: int, out_scale=None, context=None) -> _SequentialCache:
+        """State for ``dim`` calls ``self(x, cache=...)`` that invert an autoregressive layer without autograd
+        (a conditional MADE takes the ``context`` here, once)."""
+        return _SequentialCache(self, batch, out_scale, context)
 
 
 class _SequentialCache:
@@ -159,8 +183,10 @@ class _SequentialCache:
     The first coordinate of the ordering depends on no input, so its pass is computed for one row and broadcast.
     """
 
-    def __init__(self, made: MADE, batch: int, out_scale):
+    def __init__(self, made: MADE, batch: int, out_scale, context=None):
         (self.w1, self.b1), *self.rest, (w, b) = made.masked_params()
+        if context is not None:  # a per-row first-layer bias: b1 + C context
+            self.b1 = self.b1 + made.context(context)
         p, d = made.out_per_dim, made.dim
         w, b = w.view(p, d, -1), b.view(p, d)
         if out_scale is not None:
@@ -171,8 +197,8 @@ class _SequentialCache:
 
     def step(self, x):
         k, order = self.k, self.order
-        if k == 0:  # nothing is known yet: every row has the same pre-activation, b1
-            a = self.b1.relu()[None]
+        if k == 0:  # nothing is known yet: every row has the same pre-activation, b1 (per row with a context)
+            a = self.b1.relu()[None] if self.b1.dim() == 1 else self.b1.relu()
         else:
             prev = order[k - 1]
             if self.pre is None:
@@ -207,6 +233,10 @@ class MAF(Transform):
     ``t = -mu exp(-alpha)``): the set of maps is identical, but scale-then-shift needs fewer operations per
     step and trained to a better likelihood at a fixed budget in ``benchmarks/`` (two moons).
 
+    Conditional: with ``context_dim = c`` the MADE also sees a context vector (see ``MADE``), ``t_i(x_<i, ctx)``,
+    ``s_i(x_<i, ctx)``, and ``forward``/``inverse`` take ``context`` of shape ``(batch, c)``; for a fixed
+    context the map, inverse, log-det and costs are those above.
+
     Stability: the raw log-scale ``r`` is soft-clamped, ``s = B * tanh(r / B)`` with ``B = scale_bound``,
     so each coordinate is scaled by at most ``exp(B)`` (``scale_bound=None``: no clamp).
 
@@ -221,9 +251,10 @@ class MAF(Transform):
     """
 
     def __init__(self, dim: int, hidden=(64, 64), order=None, scale_bound: float | None = 3.0,
-                 seed: int | None = None, identity_init: bool = False):
+                 seed: int | None = None, identity_init: bool = False, context_dim: int | None = None):
         super().__init__()
-        self.made = MADE(dim, hidden, out_per_dim=2, order=order, seed=seed)
+        self.made = MADE(dim, hidden, out_per_dim=2, order=order, seed=seed, context_dim=context_dim)
+        self.context_dim = self.made.context_dim
         self.scale_bound = None if scale_bound is None else check_positive(scale_bound, "scale_bound")
         self.event_shape = (self.made.dim,)
         last = self.made.net[-1]
@@ -239,34 +270,34 @@ class MAF(Transform):
     def order(self) -> torch.Tensor:
         return self.made.order
 
-    def _shift_logscale(self, h: torch.Tensor):
-        t, s = self.made(h).unbind(1)
+    def _shift_logscale(self, h: torch.Tensor, context=None):
+        t, s = self.made(h, context=context).unbind(1)
         if self.scale_bound is not None:
             s = self.scale_bound * torch.tanh(s / self.scale_bound)
         return t, s
 
-    def _one_pass(self, h):
+    def _one_pass(self, h, context=None):
         """``(h * exp(s(h)) + t(h), sum_i s_i(h))``: one MADE pass (MAF's map, IAF's inverse)."""
         if torch.is_grad_enabled():
-            t, s = self._shift_logscale(h)
+            t, s = self._shift_logscale(h, context)
             return h * torch.exp(s) + t, s.sum(dim=1)
         # no autograd: the same arithmetic in fewer kernels, in place, with 1/B folded into the last layer
-        t, u = self.made(h, out_scale=self._out_scale())
+        t, u = self.made(h, out_scale=self._out_scale(), context=context)
         s = self._bound_(u)
         logdet = s.sum(dim=1)
         return torch.addcmul(t, h, s.exp_()), logdet
 
-    def _sequential(self, y):
+    def _sequential(self, y, context=None):
         """``out`` with ``out_i = (y_i - t_i(out_<i)) * exp(-s_i(out_<i))`` and ``-sum_i s_i``: ``d`` passes
         (MAF's inverse, IAF's map). Pass ``k`` fixes the ``k``-th coordinate of the ordering."""
         out = torch.zeros_like(y)
         if torch.is_grad_enabled():
             for _ in range(self.made.dim):  # after pass k the first k coordinates (in the ordering) are exact
-                t, s = self._shift_logscale(out)
+                t, s = self._shift_logscale(out, context)
                 out = (y - t) * torch.exp(-s)
             return out, -s.sum(dim=1)
         # no autograd: each pass computes only the coordinate it fixes (see MADE.forward's cache)
-        cache = self.made.sequential_cache(y.shape[0], self._out_scale())
+        cache = self.made.sequential_cache(y.shape[0], self._out_scale(), context)
         logdet = y.new_zeros(y.shape[0])
         for i in cache.order:
             t, u = self.made(out, cache=cache).unbind(1)
@@ -283,11 +314,11 @@ class MAF(Transform):
         """In place: ``u = r / B`` -> ``s = B tanh(u)`` (``u`` is ``r`` itself when there is no bound)."""
         return u if self.scale_bound is None else u.tanh_().mul_(self.scale_bound)
 
-    def _forward(self, x):
-        return self._one_pass(x)
+    def _forward(self, x, context=None):
+        return self._one_pass(x, context)
 
-    def _inverse(self, z):
-        return self._sequential(z)
+    def _inverse(self, z, context=None):
+        return self._sequential(z, context)
 
 
 class IAF(MAF):
@@ -302,17 +333,17 @@ class IAF(MAF):
     * cost: sampling (and the density of its own samples) is ONE MADE pass; the density of a given ``x``
       needs ``d`` sequential passes. Hence IAF suits variational inference, MAF density estimation.
 
-    Same soft-clamped log-scale and initialisation options (``identity_init``) as ``MAF``.
+    Same soft-clamped log-scale, initialisation options (``identity_init``) and ``context_dim`` as ``MAF``.
     """
 
-    def _forward(self, x):
-        return self._sequential(x)
+    def _forward(self, x, context=None):
+        return self._sequential(x, context)
 
-    def _inverse(self, z):
-        return self._one_pass(z)
+    def _inverse(self, z, context=None):
+        return self._one_pass(z, context)
 
 
-def _stack(layer_cls, dim, num_layers, hidden, scale_bound, permutation, seed):
+def _stack(layer_cls, dim, num_layers, permutation, seed, **layer_kwargs):
     # imported lazily: distributions and permutations live in their own modules
     from flowlib.distributions import StandardNormal
     from flowlib.flow import Flow
@@ -325,7 +356,7 @@ def _stack(layer_cls, dim, num_layers, hidden, scale_bound, permutation, seed):
         raise ValueError(f"permutation must be 'reverse' or 'random', got {permutation!r}")
     layers = []
     for k in range(num_layers):
-        layers.append(layer_cls(dim, hidden, scale_bound=scale_bound))
+        layers.append(layer_cls(dim, **layer_kwargs))
         if k < num_layers - 1:
             if permutation == "reverse":
                 layers.append(Reverse(dim))
@@ -335,15 +366,119 @@ def _stack(layer_cls, dim, num_layers, hidden, scale_bound, permutation, seed):
 
 
 def maf(dim: int, num_layers: int = 5, hidden=(64, 64), scale_bound: float | None = 3.0,
-        permutation: str = "reverse", seed: int | None = None):
+        permutation: str = "reverse", seed: int | None = None, context_dim: int | None = None):
     """A MAF density model: ``num_layers`` MAF layers with a ``Reverse`` (or seeded random ``Permutation``)
     between consecutive layers, on a standard normal base. ``log_prob`` costs ``num_layers`` MADE passes;
-    ``sample`` costs ``num_layers * dim`` passes."""
-    return _stack(MAF, dim, num_layers, hidden, scale_bound, permutation, seed)
+    ``sample`` costs ``num_layers * dim`` passes. ``context_dim``: a conditional model ``p(x | context)``."""
+    return _stack(MAF, dim, num_layers, permutation, seed, hidden=hidden, scale_bound=scale_bound,
+                  context_dim=context_dim)
 
 
 def iaf(dim: int, num_layers: int = 5, hidden=(64, 64), scale_bound: float | None = 3.0,
-        permutation: str = "reverse", seed: int | None = None):
+        permutation: str = "reverse", seed: int | None = None, context_dim: int | None = None):
     """An IAF model: like ``maf`` but with IAF layers, so ``sample``/``sample_with_log_prob`` cost
     ``num_layers`` MADE passes and ``log_prob`` of given data costs ``num_layers * dim`` passes."""
-    return _stack(IAF, dim, num_layers, hidden, scale_bound, permutation, seed)
+    return _stack(IAF, dim, num_layers, permutation, seed, hidden=hidden, scale_bound=scale_bound,
+                  context_dim=context_dim)
+
+
+def spline_maf(dim: int, num_layers: int = 5, hidden=(64, 64), num_bins: int = 8, bound: float = 3.0,
+               permutation: str = "reverse", seed: int | None = None, context_dim: int | None = None):
+    """A neural spline flow (autoregressive): ``num_layers`` ``SplineMAF`` layers with a ``Reverse`` (or seeded
+    random ``Permutation``) between consecutive layers, on a standard normal base. Costs as ``maf``."""
+    return _stack(SplineMAF, dim, num_layers, permutation, seed, hidden=hidden, num_bins=num_bins, bound=bound,
+                  context_dim=context_dim)
+
+
+class SplineMAF(Transform):
+    """Masked autoregressive flow layer with a rational-quadratic spline transformer (Durkan et al. 2019).
+
+    A ``MADE`` with ``3K - 1`` outputs per coordinate gives the spline parameters ``theta_i(x_<i)`` of
+    coordinate ``i`` (``K`` widths, ``K`` heights, ``K - 1`` interior slopes, unconstrained; see
+    ``flowlib.transforms.splines``), and ``g`` is the monotonic spline on ``[-bound, bound]`` with identity tails:
+
+    * map (normalizing, ``forward``): ``z_i = g(x_i; theta_i(x_<i))``, all ``i`` at once;
+    * inverse (generating): ``x_i = g^{-1}(z_i; theta_i(x_<i))``, coordinate by coordinate, each a closed-form
+      quadratic root;
+    * log-det: ``log|det dz/dx| = sum_i log g'(x_i; theta_i(x_<i))`` (triangular Jacobian in the ordering);
+    * cost: density is ONE MADE pass plus O(K d); sampling needs ``d`` sequential MADE passes (without autograd
+      each pass computes only the coordinate it fixes, with MAF's cached first layer).
+
+    Initialisation as in ``MAF``: the MADE's last layer scaled by ``1/sqrt(d)`` (near the identity), or exactly
+    zero with ``identity_init=True`` (zero spline parameters are the identity). ``context_dim`` makes the layer
+    conditional as in ``MAF``.
+    """
+
+    def __init__(self, dim: int, hidden=(64, 64), num_bins: int = 8, bound: float = 3.0, order=None,
+                 seed: int | None = None, identity_init: bool = False, context_dim: int | None = None):
+        super().__init__()
+        from flowlib.transforms.splines import _check_minima, _spline_num_params, spline_defaults
+
+        self.num_bins = check_int(num_bins, "num_bins")
+        self.bound = check_positive(bound, "bound")
+        _check_minima(self.num_bins, *spline_defaults())
+        self.made = MADE(dim, hidden, out_per_dim=_spline_num_params(num_bins), order=order, seed=seed,
+                         context_dim=context_dim)
+        self.context_dim = self.made.context_dim
+        self.event_shape = (self.made.dim,)
+        last = self.made.net[-1]
+        with torch.no_grad():
+            scale = 0.0 if identity_init else self.made.dim ** -0.5
+            last.weight.mul_(scale)
+            last.bias.mul_(scale)
+
+    @property
+    def order(self) -> torch.Tensor:
+        return self.made.order
+
+    def _spline(self, v, params, inverse):
+        """The spline of every coordinate of ``v`` with ``params`` of shape ``(batch, 3K - 1, d)``."""
+        from flowlib.transforms.splines import _rqs, _split_params
+
+        return _rqs(v, *_split_params(params.transpose(1, 2), self.num_bins), self.bound, inverse)
+
+    def _one_pass(self, h, context=None):
+        """``(g(h; theta(h)), sum_i log g')``: one MADE pass (SplineMAF's map, SplineIAF's inverse)."""
+        out, ld = self._spline(h, self.made(h, context=context), False)
+        return out, ld.sum(dim=1)
+
+    def _sequential(self, y, context=None):
+        """``out_i = g^{-1}(y_i; theta_i(out_<i))`` and its log-det: ``d`` passes (SplineMAF's inverse,
+        SplineIAF's map); pass ``k`` fixes the ``k``-th coordinate of the ordering."""
+        out = torch.zeros_like(y)
+        if torch.is_grad_enabled():
+            for _ in range(self.made.dim):
+                out, ld = self._spline(y, self.made(out, context=context), True)
+            return out, ld.sum(dim=1)
+        from flowlib.transforms.splines import _rqs, _split_params
+
+        cache = self.made.sequential_cache(y.shape[0], context=context)
+        logdet = y.new_zeros(y.shape[0])
+        for i in cache.order:
+            p = self.made(out, cache=cache).expand(y.shape[0], -1)  # (batch, 3K - 1) of coordinate i
+            out[:, i], ld = _rqs(y[:, i], *_split_params(p, self.num_bins), self.bound, True)
+            logdet = logdet + ld
+        return out, logdet
+
+    def _forward(self, x, context=None):
+        return self._one_pass(x, context)
+
+    def _inverse(self, z, context=None):
+        return self._sequential(z, context)
+
+
+class SplineIAF(SplineMAF):
+    """Inverse autoregressive flow layer with a spline transformer: the MADE conditions on the base variable.
+
+    * map (normalizing, ``forward``): ``z_i = g^{-1}(x_i; theta_i(z_<i))``, coordinate by coordinate (``d``
+      sequential MADE passes);
+    * inverse (generating): ``x_i = g(z_i; theta_i(z_<i))``, all ``i`` at once (ONE MADE pass);
+    * log-det: ``log|det dz/dx| = -sum_i log g'(z_i; theta_i(z_<i))``;
+    * cost: sampling and the density of its own samples in one pass, the density of given data in ``d``.
+    """
+
+    def _forward(self, x, context=None):
+        return self._sequential(x, context)
+
+    def _inverse(self, z, context=None):
+        return self._one_pass(z, context)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowlib._validate import check_dtype, check_tensor
+from flowlib._validate import check_context, check_dtype, check_int, check_tensor
 
 __all__ = ["Transform", "Compose", "InverseTransform", "NoAnalyticInverse"]
 
@@ -55,6 +55,9 @@ class Transform(nn.Module):
     volume_preserving: bool = False
     #: False for layers whose output shape differs from their input shape (``Squeeze``).
     shape_preserving: bool = True
+    #: Width ``c`` of the context vector of a conditional layer (``None``: the layer takes no context). A
+    #: conditional layer's ``_forward(x, context)``/``_inverse(z, context)`` take a ``(batch, c)`` context.
+    context_dim: int | None = None
 
     def _check(self, x: torch.Tensor, name: str, inverse: bool = False) -> torch.Tensor:
         """Validate an input at a public entry point: a non-empty floating-point tensor of finite numbers
@@ -78,21 +81,33 @@ class Transform(nn.Module):
                 raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, es))}), got {tuple(shape)}")
         return tuple(shape)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalize: ``x -> (z, log|det dz/dx|)``."""
-        return self._forward(self._check(x, "x"))
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalize: ``x -> (z, log|det dz/dx|)``; a conditional layer also takes ``context``, ``(batch, c)``."""
+        x = self._check(x, "x")
+        if context is None and self.context_dim is None:
+            return self._forward(x)
+        return self._forward(x, check_context(self, context, x.shape[0]))
 
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generate: ``z -> (x, log|det dx/dz|)``."""
+    def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate: ``z -> (x, log|det dx/dz|)``; a conditional layer also takes ``context``, ``(batch, c)``."""
         if _check_takes_direction(type(self)):
-            return self._inverse(self._check(z, "z", inverse=True))
-        return self._inverse(self._check(z, "z"))  # a subclass's own ``_check(x, name)``
+            z = self._check(z, "z", inverse=True)
+        else:
+            z = self._check(z, "z")  # a subclass's own ``_check(x, name)``
+        if context is None and self.context_dim is None:
+            return self._inverse(z)
+        return self._inverse(z, check_context(self, context, z.shape[0]))
 
     def _forward(self, x):  # pragma: no cover - interface
         raise NotImplementedError
 
     def _inverse(self, z):  # pragma: no cover - interface
         raise NoAnalyticInverse(f"{type(self).__name__} has no inverse")
+
+
+def _context_dim(value) -> int | None:
+    """``None`` or an integer ``>= 1``: the ``context_dim`` argument of the conditional layers."""
+    return None if value is None else check_int(value, "context_dim")
 
 
 def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
@@ -131,6 +146,10 @@ class Compose(Transform):
                 break
             if not t.shape_preserving:
                 break
+        dims = {t.context_dim for t in transforms if t.context_dim is not None}
+        if len(dims) > 1:
+            raise ValueError(f"the conditional layers of this Compose disagree on context_dim: {sorted(dims)}")
+        self.context_dim = dims.pop() if dims else None
         if self.event_shape is not None:  # layers that disagree with each other fail here, not at the first call
             try:
                 self._check_shape((1, *self.event_shape), "x")
@@ -147,15 +166,18 @@ class Compose(Transform):
     def __getitem__(self, i):
         return self.transforms[i]
 
-    def forward(self, x, return_intermediates: bool = False):
-        """Normalize through every layer; input is validated once here, not at every layer."""
+    def forward(self, x, return_intermediates: bool = False, context=None):
+        """Normalize through every layer; input is validated once here, not at every layer. ``context`` goes to
+        the conditional layers (those with a ``context_dim``)."""
         self._check(x, "x")
-        return self._run(x, self.transforms, "_forward", return_intermediates)
+        context = check_context(self, context, x.shape[0])
+        return self._run(x, self.transforms, "_forward", return_intermediates, context)
 
-    def inverse(self, z, return_intermediates: bool = False):
+    def inverse(self, z, return_intermediates: bool = False, context=None):
         """Generate through every layer, last layer first."""
         self._check(z, "z", inverse=True)
-        return self._run(z, list(reversed(self.transforms)), "_inverse", return_intermediates)
+        context = check_context(self, context, z.shape[0])
+        return self._run(z, list(reversed(self.transforms)), "_inverse", return_intermediates, context)
 
     def _check_shape(self, shape, name, inverse=False):
         layers = list(enumerate(self.transforms))
@@ -166,18 +188,21 @@ class Compose(Transform):
                 raise ValueError(f"layer {k} ({type(t).__name__}) of the Compose: {e}") from None
         return shape
 
-    def _forward(self, x):
-        return self._run(x, self.transforms, "_forward", False)
+    def _forward(self, x, context=None):
+        return self._run(x, self.transforms, "_forward", False, context)
 
-    def _inverse(self, z):
-        return self._run(z, list(reversed(self.transforms)), "_inverse", False)
+    def _inverse(self, z, context=None):
+        return self._run(z, list(reversed(self.transforms)), "_inverse", False, context)
 
     @staticmethod
-    def _run(h, layers, method, return_intermediates):
+    def _run(h, layers, method, return_intermediates, context=None):
         logdet = None
         hs = [h]
         for t in layers:
-            h, ld = getattr(t, method)(h)
+            if context is None or t.context_dim is None:
+                h, ld = getattr(t, method)(h)
+            else:
+                h, ld = getattr(t, method)(h, context)
             if not t.volume_preserving:
                 logdet = ld if logdet is None else logdet + ld
             if return_intermediates:
@@ -194,6 +219,7 @@ class InverseTransform(Transform):
         super().__init__()
         self.base_transform = transform
         self.event_shape = transform.event_shape
+        self.context_dim = transform.context_dim
 
     @property
     def shape_preserving(self):
@@ -202,8 +228,12 @@ class InverseTransform(Transform):
     def _check_shape(self, shape, name, inverse=False):
         return self.base_transform._check_shape(shape, name, not inverse)
 
-    def _forward(self, x):
-        return self.base_transform.inverse(x)
+    def _forward(self, x, context=None):
+        if context is None:
+            return self.base_transform.inverse(x)
+        return self.base_transform._inverse(x, context)
 
-    def _inverse(self, z):
-        return self.base_transform.forward(z)
+    def _inverse(self, z, context=None):
+        if context is None:
+            return self.base_transform.forward(z)
+        return self.base_transform._forward(z, context)
