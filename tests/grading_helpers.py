@@ -1129,18 +1129,25 @@ DESIGNED_PARTIALS = {
     ),
     "ch06_image_flows": (
         {
-            # sums s over every entry, copied ones too: passes q3_map (1), fails q3_logdet (2)
-            "q3_answer": "def affine_coupling(x, mask, conditioner):\n"
-            "    m = mask.to(x.dtype)\n"
-            "    s, t = conditioner(m * x)\n"
-            "    return m * x + (1 - m) * (x * torch.exp(s) + t), s.sum(dim=1)\n",
-            # forgets the factor h w in the log-det: passes q4_output (1), fails q4_logdet (2)
-            "q4_answer": "def actnorm_init(x):\n"
-            "    mean = x.mean(dim=(0, 2, 3), keepdim=True)\n"
-            "    std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)\n"
-            "    return (x - mean) / std, (-torch.log(std).sum()).expand(x.shape[0]).clone()\n",
+            # forgets that every pixel of a channel has the same factor (no h w): q3_map (1) passes, q3_logdet (2)
+            # fails (the logdet is h w times too small)
+            "q3_answer": "def batchnorm_flow(x, mean, var, log_gamma, beta, eps):\n"
+            "    a = torch.exp(log_gamma) / torch.sqrt(var + eps)\n"
+            "    z = a[None, :, None, None] * (x - mean[None, :, None, None]) + beta[None, :, None, None]\n"
+            "    return z, torch.log(a).sum().expand(x.shape[0]).clone()\n\n\n"
+            "def batchnorm_flow_inverse(z, mean, var, log_gamma, beta, eps):\n"
+            "    a = torch.exp(log_gamma) / torch.sqrt(var + eps)\n"
+            "    x = (z - beta[None, :, None, None]) / a[None, :, None, None] + mean[None, :, None, None]\n"
+            "    return x, -torch.log(a).sum().expand(z.shape[0]).clone()\n",
+            # applies W instead of its inverse when sampling: the mode is right (T = 0) but the covariance is
+            # wrong, so both q6 cells (2 + 1) fail; q1, q2, q4, q5 right (3 + 4 + 2 + 2)
+            "q6_answer": "def sample_at_temperature(loc, log_scale, W, num_samples, image_size, T, generator):\n"
+            "    c = loc.shape[0]\n"
+            "    z = T * torch.randn(num_samples, *image_size, c, generator=generator, dtype=loc.dtype)\n"
+            "    x = loc + torch.exp(-log_scale) * (z @ W.T)\n"
+            "    return x.permute(0, 3, 1, 2).contiguous()\n",
         },
-        11.0,
+        12.0,
     ),
     "ch03_monte_carlo_sgd": (
         {
