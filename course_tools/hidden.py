@@ -315,6 +315,35 @@ class Student:
     def __init__(self, mode: str, results: list | None = None, recorded: list[_Call] | None = None):
         self._mode, self._results, self._recorded = mode, results, recorded
         self._calls: list[_Call] = []
+        # replay: {id(part of a returned value): (call index, path, the object)}, so that passing a result (or an
+        # element of it) to a later call sends the same reference ($ref) as in record mode, not a copy
+        self._returned: dict[int, tuple[int, tuple, Any]] = {}
+
+    def _remember(self, value: Any, index: int, path: tuple = ()) -> None:
+        # tensors and non-empty containers only: a number, a string or () may be the very object a check passes
+        # on its own (small ints and interned strings are shared), and an input is never a reference by accident
+        if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list, dict)) and value):
+            self._returned[id(value)] = (index, path, value)
+        if isinstance(value, (tuple, list)):
+            for k, v in enumerate(value):
+                self._remember(v, index, (*path, k))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str):
+                    self._remember(v, index, (*path, k))
+
+    def _as_refs(self, value: Any) -> Any:
+        """``value`` with every returned result (or part of one) replaced by its reference, as in record mode."""
+        hit = self._returned.get(id(value))
+        if hit is not None and hit[2] is value:
+            return _Pending(hit[0], hit[1])
+        if isinstance(value, tuple):
+            return tuple(self._as_refs(v) for v in value)
+        if isinstance(value, list):
+            return [self._as_refs(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._as_refs(v) for k, v in value.items()}
+        return value
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
@@ -333,6 +362,8 @@ class Student:
         )
 
     def _call(self, op: str, name: str, args: tuple, kwargs: dict, out: int | None) -> Any:
+        if self._returned:
+            args, kwargs = self._as_refs(args), self._as_refs(kwargs)
         call = _Call(op, name, [encode(a) for a in args], {k: encode(v) for k, v in kwargs.items()}, out)
         call.tensors, call.chained = [], False
         for value in (*args, *kwargs.values()):
@@ -354,7 +385,9 @@ class Student:
             raise CheckFailed("the grader received a malformed result from the kernel")
         if "raised" in res:
             raise StudentRaised(name, str(res.get("raised"))[:100], str(res.get("message", ""))[:500])
-        return decode(res.get("value"))
+        value = decode(res.get("value"))
+        self._remember(value, index)
+        return value
 
 
 @contextlib.contextmanager

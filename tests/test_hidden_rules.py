@@ -100,6 +100,29 @@ def test_chaining_must_be_declared_and_only_covers_the_check_itself():
         declared.cell("q3", chaining="")
 
 
+def test_a_declared_chained_check_replays_with_the_earlier_result():
+    """`student.inverse(out[0])` sends a reference ($ref) when recording; the replay must send the same reference
+    (not the decoded tensor), or every chained check ends as a grader error."""
+    checks = Checks("toy")
+
+    @checks.cell("q1", chaining="a round trip: the inverse of your own forward")
+    def round_trip(student):
+        x = _x(3, 4, 2)
+        out = student.forward(x)
+        back = student.inverse(out[0], scale=[out[1], 2.0])
+        hidden.expect_close(back, x, "the round trip does not give x back")
+
+    (calls,) = _record_all(checks)["q1"]
+    assert calls[1].args[0] == {"$ref": [0, 0]} and calls[1].chained
+    x = _x(3, 4, 2)
+    good = [[{"value": hidden.encode((2 * x, torch.zeros(3, dtype=F64)))}, {"value": hidden.encode(x)}]]
+    verdict = checks.decide("q1", [calls], good)
+    assert verdict.passed and not verdict.author_error, verdict.messages
+    wrong = [[{"value": hidden.encode((2 * x, torch.zeros(3, dtype=F64)))}, {"value": hidden.encode(x + 1)}]]
+    verdict = checks.decide("q1", [calls], wrong)
+    assert not verdict.passed and not verdict.author_error, verdict.messages
+
+
 def test_parameters_and_integer_valued_rows_are_not_data():
     checks = Checks("toy")
     mask = torch.tensor([1.0, 0.0, 1.0])
