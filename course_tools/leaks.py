@@ -28,7 +28,10 @@ MARKERS = [
 ]
 MIN_LEN = 16
 # A bare loop header (``for k in range(1, n + 1):``) reveals nothing about an answer and is common in lectures.
-_LOOP = re.compile(r"^(for [\w, ()]+ in [\w.]+(\([^()]*\))?|while [\w ]+):$")
+# So does a bare gradient-mode header (``with torch.no_grad():``), printed by nearly every lecture.
+_LOOP = re.compile(
+    r"^(for [\w, ()]+ in [\w.]+(\([^()]*\))?|while [\w ]+|with torch\.(no_grad|enable_grad|inference_mode)\(\)):$"
+)
 
 
 def _norm(text: str) -> str:
