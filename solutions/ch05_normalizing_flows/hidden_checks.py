@@ -167,7 +167,7 @@ def q2_output(student):
 # ---------------------------------------------------------------- Q3 how many passes (predict)
 def _masked_conditioner(m_in, seed):
     g = torch.Generator().manual_seed(seed)
-    d = m_in.numel()
+    d = len(m_in)
     M = (m_in[None, :] < m_in[:, None]).to(F64)
     A, B = torch.randn(d, d, generator=g, dtype=F64) * M, torch.randn(d, d, generator=g, dtype=F64) * M
     c = 0.3 * torch.randn(d, generator=g, dtype=F64)
@@ -236,7 +236,7 @@ def q3_stack(student):
 # ---------------------------------------------------------------- Q4 sampling from a MAF (sample)
 def _budget_conditioner(m_in, seed, budget):
     """A masked conditioner as a Source; after `budget` calls it answers nan (more passes than needed)."""
-    d = m_in.numel()
+    d = len(m_in)
     M = (m_in[None, :] < m_in[:, None]).to(torch.int64).tolist()
     return Source(
         "(lambda A, B, c, M, calls: (lambda x: (calls.append(1), "
