@@ -28,6 +28,7 @@ from flowlib import (
     load_checkpoint,
     log_mass_estimate,
 )
+from flowlib.dequantization import ConditionalElementwiseAffine
 from flowlib.distributions import DiagGaussian
 from flowlib.testing import per_sample_jacobian, perturb_parameters
 
@@ -77,7 +78,7 @@ def test_q_is_normalised_on_the_cell():
     ``q`` is smooth and the tails are integrable)."""
     L = 4
     deq = _deq((1,), L, scale=0.5)
-    nodes, weights = np.polynomial.legendre.leggauss(600)
+    nodes, weights = np.polynomial.legendre.leggauss(300)
     v = torch.tensor(nodes * 36.0, dtype=f64)  # v = logit(u) in [-36, 36]: sigmoid(36) < 1 in float64
     w = torch.tensor(weights * 36.0, dtype=f64)
     u = torch.sigmoid(v)
@@ -187,6 +188,13 @@ def test_bad_inputs():
         log_mass_estimate(lambda y: y.sum(1), x, deq, 0)
     with pytest.raises(ValueError, match="callable"):
         log_mass_estimate(None, x, deq)
+    layer = ConditionalElementwiseAffine(3, 2).double()
+    with pytest.raises(ValueError, match="context"):
+        layer(x)  # a conditional layer without its context
+    with pytest.raises(ValueError, match="context"):
+        layer(x, torch.zeros(2, 5, dtype=f64))  # the wrong width
+    with pytest.raises(ValueError, match="context_dim"):
+        ConditionalElementwiseAffine(3, None)
 
 
 def test_committed_measurement_matches_checkpoints():
