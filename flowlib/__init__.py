@@ -5,7 +5,8 @@ Direction convention: ``Transform.forward(x) -> (z, logdet)`` normalizes (data t
 ``Transform.inverse(z) -> (x, logdet)`` generates. Log-dets are per sample, shape ``(batch,)``.
 """
 
-from flowlib import data, distributions, io, metrics, preprocess, targets, train
+from flowlib import data, dequantization, distributions, io, metrics, preprocess, targets, train
+from flowlib.dequantization import VariationalDequantization, log_mass_estimate
 from flowlib.distributions import (
     Bernoulli,
     Categorical,
@@ -26,9 +27,10 @@ from flowlib.transforms.base import Compose, InverseTransform, NoAnalyticInverse
 
 __version__ = "0.1.0"
 __all__ = ["Flow", "Transform", "Compose", "InverseTransform", "NoAnalyticInverse", "__version__"]
-__all__ += ["data", "distributions", "io", "metrics", "preprocess", "targets", "train", "plot"]
+__all__ += ["data", "dequantization", "distributions", "io", "metrics", "preprocess", "targets", "train", "plot"]
 __all__ += ["StandardNormal", "DiagGaussian", "FullGaussian", "GaussianMixture", "Bernoulli", "Categorical"]
 __all__ += ["entropy", "cross_entropy", "kl_divergence", "UniformDequantization", "Logit"]
+__all__ += ["VariationalDequantization", "log_mass_estimate"]
 __all__ += ["nll_nats", "bits_per_dim", "fit", "save_checkpoint", "load_checkpoint"]
 
 

@@ -31,6 +31,8 @@ __all__ = [
     "to_html",
     "image_grid",
     "markdown_table",
+    "glow_step_diagram",
+    "multiscale_diagram",
 ]
 
 DEFAULT_BOUNDS = ((-4.0, 4.0), (-4.0, 4.0))
@@ -478,3 +480,105 @@ def markdown_table(header, rows, align=None):
 
     return Markdown("\n".join([line(header), "| " + " | ".join(rule[a] for a in align) + " |"]
                              + [line(r) for r in rows]))
+
+
+# ------------------------------------------------------------------------------------------- diagrams
+
+
+def _box(ax, x, y, w, h, text, color, fontsize=10):
+    """A rounded box centred at ``(x, y)`` with centred text (the diagrams' building block)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                facecolor=color, edgecolor="0.2", lw=1.0))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, linespacing=1.25)
+
+
+def _arrow(ax, start, end, text=None, fontsize=10, offset=(0.0, 0.13), ha="center"):
+    ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="0.2", lw=1.2,
+                                                          shrinkA=0, shrinkB=0))
+    if text:
+        ax.text((start[0] + end[0]) / 2 + offset[0], (start[1] + end[1]) / 2 + offset[1], text, ha=ha,
+                va="bottom", fontsize=fontsize)
+
+
+def _shape(c, h, w):
+    return rf"${c}\!\times\!{h}\!\times\!{w}$"
+
+
+def glow_step_diagram(shape=(4, 4, 4), ax=None):
+    """Diagram of one Glow step on an input of shape ``(c, h, w)`` (``c`` even): ActNorm, invertible 1x1
+    convolution, affine coupling with a channel mask, each with what it computes and its log-det; the shapes
+    on the arrows. Returns ``(fig, ax)``."""
+    c, h, w = as_shape = tuple(int(s) for s in shape)
+    if len(as_shape) != 3 or min(as_shape) < 1 or c % 2:
+        raise ValueError(f"shape must be (c, h, w) of positive ints with an even c, got {shape!r}")
+    fig, ax = _axes(ax, figsize=(COLUMN_WIDTH, 3.3))
+    ax.set(xlim=(0, 10), ylim=(-0.35, 4.1))
+    ax.axis("off")
+    xs, bw, bh, y = (1.85, 5.0, 8.15), 2.6, 2.0, 2.35
+    texts = [
+        "ActNorm\n\n" + r"$\mathbf{s} \odot \mathbf{h} + \mathbf{b}$" + "\nper channel",
+        r"$1\!\times\!1$ convolution" + "\n\n" + r"$\mathbf{W}\mathbf{h}_{ij}$ per pixel"
+        + f"\n$\\mathbf{{W}}$: ${c}\\times{c}$",
+        "affine coupling\n\n" + r"$\mathbf{z}_a = \mathbf{h}_a$" + "\n"
+        + r"$\mathbf{z}_b = \mathbf{h}_b \odot e^{\mathbf{s}} + \mathbf{t}$" + "\n"
+        + r"$(\mathbf{s}, \mathbf{t}) = \mathrm{NN}(\mathbf{h}_a)$",
+    ]
+    logdets = [rf"${h * w}\,\Sigma_k \log|s_k|$", rf"${h * w} \log|\det \mathbf{{W}}|$", r"$\Sigma_i\, s_i$"]
+    colors = (PALETTE[5], PALETTE[1], PALETTE[2])
+    for x, text, ld, col in zip(xs, texts, logdets, colors):
+        _box(ax, x, y, bw, bh, text, (*plt.matplotlib.colors.to_rgb(col), 0.25), fontsize=10)
+        ax.text(x, y - bh / 2 - 0.15, "log-det: " + ld, ha="center", va="top", fontsize=10)
+    for a, b in zip(xs, xs[1:]):
+        _arrow(ax, (a + bw / 2, y), (b - bw / 2, y))
+    ax.text(xs[0], y + bh / 2 + 0.12, "in: " + _shape(c, h, w), ha="center", va="bottom", fontsize=10)
+    ax.text(xs[-1], y + bh / 2 + 0.12, "out: " + _shape(c, h, w), ha="center", va="bottom", fontsize=10)
+    ax.text(xs[-1], y - bh / 2 - 0.75, rf"$\mathbf{{h}}_a, \mathbf{{h}}_b$: ${c // 2}\times{h}\times{w}$ each",
+            ha="center", va="top", fontsize=10)
+    ax.text(xs[1], y + bh / 2 + 0.12, "shape kept", ha="center", va="bottom", fontsize=10)
+    return fig, ax
+
+
+def multiscale_diagram(image_shape=(1, 8, 8), num_levels: int = 3, steps_per_level: int = 4, ax=None):
+    """Diagram of the multi-scale architecture (RealNVP, Glow): for each level, squeeze, ``steps_per_level``
+    flow steps, and (except at the last level) factor out half of the channels as ``z_k``; shapes from
+    ``MultiScale.level_shapes``. Returns ``(fig, ax)``."""
+    from flowlib.transforms.multiscale import MultiScale
+
+    K = check_int(steps_per_level, "steps_per_level")
+    shapes = MultiScale.level_shapes(image_shape, check_int(num_levels, "num_levels"))
+    n = len(shapes)
+    fig, ax = _axes(ax, figsize=(COLUMN_WIDTH, 0.95 * n + 0.4))
+    ax.set(xlim=(0, 10), ylim=(-0.55, 1.25 * n - 0.1))
+    ax.axis("off")
+    xs, bw, bh = (2.25, 5.05, 7.2), (1.3, 1.7, 1.0), 0.62
+    c0, h0, w0 = (int(s) for s in image_shape)
+    prev = _shape(c0, h0, w0)
+    for k, (c, h, w) in enumerate(shapes):
+        y = 1.25 * (n - k) - 0.6
+        last = k == n - 1
+        ax.text(0.0, y + 0.08, ("$\\mathbf{x}$: " if k == 0 else "$\\mathbf{h}'$: ") + prev, ha="left",
+                va="bottom", fontsize=10)
+        _arrow(ax, (0.0, y), (xs[0] - bw[0] / 2, y))
+        _box(ax, xs[0], y, bw[0], bh, "squeeze", (*plt.matplotlib.colors.to_rgb(PALETTE[5]), 0.25))
+        _arrow(ax, (xs[0] + bw[0] / 2, y), (xs[1] - bw[1] / 2, y), _shape(c, h, w), offset=(0, 0.06))
+        _box(ax, xs[1], y, bw[1], bh, f"{K} flow steps", (*plt.matplotlib.colors.to_rgb(PALETTE[2]), 0.25))
+        if last:
+            _arrow(ax, (xs[1] + bw[1] / 2, y), (8.5, y))
+            ax.text(8.6, y, rf"$\mathbf{{z}}_{k}$: " + _shape(c, h, w), ha="left", va="center", fontsize=10)
+            continue
+        _box(ax, xs[2], y, bw[2], bh, "split", (*plt.matplotlib.colors.to_rgb(PALETTE[1]), 0.25))
+        _arrow(ax, (xs[1] + bw[1] / 2, y), (xs[2] - bw[2] / 2, y))
+        _arrow(ax, (xs[2] + bw[2] / 2, y), (8.5, y))
+        ax.text(8.6, y, rf"$\mathbf{{z}}_{k}$: " + _shape(c // 2, h, w), ha="left", va="center", fontsize=10)
+        # the kept half goes down to the next level's input
+        y_next = y - 1.25
+        ax.plot([xs[2], xs[2]], [y - bh / 2, y - 0.62], color="0.2", lw=1.2)
+        ax.plot([xs[2], 0.6], [y - 0.62, y - 0.62], color="0.2", lw=1.2)
+        _arrow(ax, (0.6, y - 0.62), (0.6, y_next + 0.36))
+        prev = _shape(c // 2, h, w)
+    total = sum(c * h * w // (1 if k == n - 1 else 2) for k, (c, h, w) in enumerate(shapes))
+    ax.text(10.0, -0.5, rf"$\mathbf{{z}} = (\mathbf{{z}}_0, \dots, \mathbf{{z}}_{n - 1})$: {total} numbers",
+            ha="right", va="bottom", fontsize=10)
+    return fig, ax

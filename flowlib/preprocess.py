@@ -61,25 +61,33 @@ class UniformDequantization(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         check_tensor(x, name="x")
         L = self.num_levels
-        if ((x < 0) | (x > L - 1) | (x != x.round())).any():
-            raise ValueError(f"x must hold integers in 0..{L - 1} (stored as floats)")
-        # u is drawn in x's dtype (the same random stream as ever, so seeded results do not move); the sum is
-        # computed in float64, rounded to x's dtype, then every y that rounding pushed out of its cell
-        # (y == 1.0, or floor(L * y) != x when computed in x's dtype, as ``quantize`` does) is moved to the
-        # nearest float inside the cell: in float32 both happen a few times per million draws.
+        _check_levels(x, L)
+        # u is drawn in x's dtype (the same random stream as ever, so seeded results do not move)
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        y = ((x.to(torch.float64) + u.to(torch.float64)) / L).to(x.dtype)
-        for _ in range(8):
-            cell = torch.floor(y * L)
-            high, low = cell > x, cell < x
-            if not (high.any() or low.any()):
-                return y
-            y = torch.where(high, torch.nextafter(y, torch.zeros_like(y)), y)
-            y = torch.where(low, torch.nextafter(y, torch.ones_like(y)), y)
-        raise RuntimeError("UniformDequantization could not place y inside its cell")  # pragma: no cover
+        return _into_cells(x, u, L)
 
     def extra_repr(self):
         return f"num_levels={self.num_levels}"
+
+
+def _check_levels(x: torch.Tensor, L: int) -> None:
+    if ((x < 0) | (x > L - 1) | (x != x.round())).any():
+        raise ValueError(f"x must hold integers in 0..{L - 1} (stored as floats)")
+
+
+def _into_cells(x: torch.Tensor, u: torch.Tensor, L: int) -> torch.Tensor:
+    """``y = (x + u) / L`` computed in float64, rounded to ``x``'s dtype, then every ``y`` that rounding pushed out
+    of its cell (``y == 1.0``, or ``floor(L * y) != x`` in ``x``'s dtype, as ``quantize`` computes it) moved to the
+    nearest float inside the cell: in float32 this happens a few times per million draws."""
+    y = ((x.to(torch.float64) + u.to(torch.float64)) / L).to(x.dtype)
+    for _ in range(8):
+        cell = torch.floor(y * L)
+        high, low = cell > x, cell < x
+        if not (high.any() or low.any()):
+            return y
+        y = torch.where(high, torch.nextafter(y, torch.zeros_like(y)), y)
+        y = torch.where(low, torch.nextafter(y, torch.ones_like(y)), y)
+    raise RuntimeError("could not place y = (x + u) / L inside its cell")  # pragma: no cover
 
 
 def quantize(y: torch.Tensor, num_bits: int = 8, num_levels: int | None = None) -> torch.Tensor:

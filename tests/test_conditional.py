@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from flowlib import Compose, Flow, InverseTransform, StandardNormal, Transform
+from flowlib.dequantization import ConditionalElementwiseAffine
 from flowlib.testing import check_transform, per_sample_jacobian, perturb_parameters
 from flowlib.transforms import (
     IAF,
@@ -42,6 +43,7 @@ LAYERS = {
     "IAF": lambda: IAF(4, (16, 16), context_dim=C),
     "SplineMAF": lambda: SplineMAF(4, (16, 16), num_bins=4, bound=2.0, order="random", seed=2, context_dim=C),
     "SplineIAF": lambda: SplineIAF(4, (16,), num_bins=4, bound=2.0, context_dim=C),
+    "ConditionalElementwiseAffine": lambda: ConditionalElementwiseAffine(4, C, (16,)),  # variational dequantisation
 }
 
 

@@ -178,3 +178,27 @@ def test_animation_with_density_and_font_free_player(flow):
     buttons = re.findall(r"<button[^>]*>(.*?)</button>", html, re.S)
     assert len(buttons) >= 9 and all("<svg" in b and 'class="fa' not in b for b in buttons)
     assert not re.search(r"[\u2190-\u2bff]", html), "a media symbol that many fonts lack"
+
+
+def test_glow_and_multiscale_diagrams_show_the_shapes():
+    """The chapter-6 diagrams: the shapes on them are those of ``MultiScale.level_shapes`` (digits Glow), they
+    fit the text column, and bad shapes are refused."""
+    from flowlib.plot import COLUMN_WIDTH, glow_step_diagram, multiscale_diagram
+
+    fig, ax = glow_step_diagram((4, 4, 4))
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "ActNorm" in texts and "affine coupling" in texts and r"$2\times4\times4$ each" in texts
+    assert fig.get_size_inches()[0] <= COLUMN_WIDTH
+    plt.close(fig)
+    fig, ax = multiscale_diagram((1, 8, 8), num_levels=3, steps_per_level=4)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    for shape in ("4\\!\\times\\!4\\!\\times\\!4", "8\\!\\times\\!2\\!\\times\\!2", "16\\!\\times\\!1\\!\\times\\!1"):
+        assert shape in texts
+    assert "64 numbers" in texts
+    assert sum("flow steps" in t.get_text() for t in ax.texts) == 3
+    assert fig.get_size_inches()[0] <= COLUMN_WIDTH
+    plt.close(fig)
+    with pytest.raises(ValueError, match="even c"):
+        glow_step_diagram((3, 4, 4))
+    with pytest.raises(ValueError):
+        multiscale_diagram((1, 8, 8), num_levels=0)
