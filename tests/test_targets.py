@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flowlib import Compose, Flow, InverseTransform, StandardNormal
-from flowlib.targets import POTENTIALS, log_target, potential, reverse_kl
+from flowlib.targets import POTENTIALS, confined, kl_estimate, log_normaliser, log_target, potential, reverse_kl
 from flowlib.transforms import ElementwiseAffine, Planar, iaf
 
 
@@ -87,3 +87,47 @@ def test_reverse_kl_fit_recovers_a_gaussian(kind):
     assert (x.mean(0) - m).abs().max() < tol, x.mean(0)
     assert (torch.cov(x.T) - cov).abs().max() < tol, torch.cov(x.T)
     assert abs(loss + log_z) < 0.03, (loss, -log_z)  # the bound -log Z is reached when q = p
+
+
+def test_log_normaliser_and_confined_against_closed_forms():
+    """A standard Gaussian integrates to 2 pi; U2 confined to [-4, 4]^2 by a wall of width s = 0.25 has
+    Z = sqrt(2 pi) 0.4 (8 + 2 s sqrt(2 pi) / 2) (the wave's Gaussian profile in x2, the flat stretch of length 8
+    and two half-Gaussian walls in x1; the wall in x2 is 7 standard deviations away and adds < 1e-11)."""
+    gauss = lambda x: -0.5 * x.pow(2).sum(1)  # noqa: E731
+    assert log_normaliser(gauss) == pytest.approx(math.log(2 * math.pi), abs=1e-8)
+    s = 0.25
+    z_u2 = math.sqrt(2 * math.pi) * 0.4 * (8 + s * math.sqrt(2 * math.pi))
+    assert log_normaliser(confined(log_target("U2"), 4.0, s)) == pytest.approx(math.log(z_u2), abs=1e-6)
+    # inside the square nothing changes; outside, the quadratic wall
+    x = torch.tensor([[3.9, -3.9], [0.0, 1.0], [4.5, 0.0], [-5.0, 4.5]])
+    got = confined(log_target("U3"), 4.0, s)(x)
+    wall = torch.tensor([0.0, 0.0, 0.5 * (0.5 / s) ** 2, 0.5 * (1 / s) ** 2 + 0.5 * (0.5 / s) ** 2])
+    assert torch.allclose(got, log_target("U3")(x) - wall)
+
+
+def test_kl_estimate_of_a_shifted_gaussian():
+    """q = N(m, I) against p = N(0, I): KL(q || p) = |m|^2 / 2, for every sample (log q - log p is linear in x
+    with mean |m|^2/2); with m = 0 the estimate is exactly 0 with standard error 0."""
+    gauss = lambda x: -0.5 * x.pow(2).sum(1)  # noqa: E731
+    log_z = math.log(2 * math.pi)
+    shift = ElementwiseAffine(2)
+    flow = Flow(InverseTransform(shift), StandardNormal((2,)))
+    kl, se = kl_estimate(flow, gauss, log_z, n=1000, generator_seed=0)
+    assert abs(kl) < 1e-6 and se < 1e-6
+    with torch.no_grad():
+        shift.shift.copy_(torch.tensor([1.0, -2.0]))  # InverseTransform samples (z - shift) e^0: mean -shift
+    kl, se = kl_estimate(flow, gauss, log_z, n=40_000, generator_seed=0)
+    assert abs(kl - 2.5) < 4 * se and se < 0.02, (kl, se)
+
+
+def test_confined_normaliser_kl_bad_inputs():
+    with pytest.raises(ValueError, match="callable"):
+        confined("U1")
+    with pytest.raises(ValueError, match="wall must be positive"):
+        confined(log_target("U1"), 4.0, 0.0)
+    with pytest.raises(ValueError, match="x0 < x1"):
+        log_normaliser(log_target("U1"), ((1.0, -1.0), (-1.0, 1.0)))
+    with pytest.raises(ValueError, match="grid must be an integer"):
+        log_normaliser(log_target("U1"), grid=1)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        kl_estimate(iaf(2, num_layers=1, hidden=(8,)), log_target("U1"), 0.0, n=1)
