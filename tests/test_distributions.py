@@ -221,6 +221,22 @@ def test_em_monotone_and_recovers_mixture(cov):
     assert hist3[-1] >= hist[-1] - 1e-3
 
 
+def test_em_relative_tolerance_stops_on_relative_change_and_cap_is_visible():
+    x = two_cluster_data()
+    _, full = GaussianMixture.fit_em(x, 3, n_iter=400, tol=0.0, seed=1)
+    _, rel = GaussianMixture.fit_em(x, 3, n_iter=400, tol=0.0, rtol=1e-4, seed=1)
+    # same iterates until the relative rule stops: the last step is the first below rtol * |previous|
+    assert rel == full[: len(rel)]
+    steps = [b - a for a, b in zip(rel, rel[1:])]
+    assert steps[-1] < 1e-4 * abs(rel[-2])
+    assert all(s >= 1e-4 * abs(a) for s, a in zip(steps[:-1], rel))
+    # a binding cap leaves n_iter + 1 entries, which callers use to detect it
+    _, capped = GaussianMixture.fit_em(x, 3, n_iter=2, tol=0.0, seed=1)
+    assert len(capped) == 3
+    with pytest.raises(ValueError, match="rtol must be non-negative"):
+        GaussianMixture.fit_em(x, 2, rtol=-1)
+
+
 def test_em_seeded_and_gradient_fit_agree():
     x = two_cluster_data(seed=2)
     a, ha = GaussianMixture.fit_em(x, 2, seed=5)
