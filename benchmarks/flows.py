@@ -44,11 +44,13 @@ import numpy as np
 import torch
 
 LIBS = ("flowlib", "normflows", "nflows", "zuko")
-ARCHS = ("realnvp", "maf")
+ARCHS = ("realnvp", "maf", "nsf-coupling", "nsf-maf")
+SPLINE_ARCHS = ("nsf-coupling", "nsf-maf")  # neural spline flows (Durkan et al. 2019): flowlib, nflows, zuko
+SPLINE_BINS, SPLINE_BOUND = 8, 3.0  # every library: K = 8 bins on [-3, 3], linear (identity) tails
 DATASETS = ("moons", "digits", "digits-std")
 SPEED_DATASETS = ("moons", "digits")
 HIDDEN = (64, 64)
-N_LAYERS = {"realnvp": 8, "maf": 5}
+N_LAYERS = {"realnvp": 8, "maf": 5, "nsf-coupling": 8, "nsf-maf": 5}
 LOGIT_ALPHA = 0.05
 ANALYSIS_MARKER = "<!-- analysis: hand-written, kept when the tables above are regenerated -->"
 DIGIT_LEVELS = 17
@@ -131,7 +133,15 @@ def build_flowlib_variant(variant, arch, dim):
     return Model(flow, flow.log_prob, flow.sample)
 
 
+def arch_libs(arch, libs):
+    """The libraries compared on ``arch``: normflows is left out of the spline rows (the issue names zuko's and
+    nflows' neural spline flows as the peers)."""
+    return [lib for lib in libs if not (arch in SPLINE_ARCHS and lib == "normflows")]
+
+
 def build(lib, arch, dim):
+    if arch in SPLINE_ARCHS and lib.startswith("flowlib:"):
+        raise ValueError(f"the {lib} ablations are defined for realnvp and maf only")
     if lib.startswith("flowlib:"):
         return build_flowlib_variant(lib.split(":", 1)[1], arch, dim)
     return BUILDERS[lib](arch, dim)
@@ -146,6 +156,21 @@ def lib_choice(name):
 
 
 def build_flowlib(arch, dim):
+    if arch == "nsf-coupling":
+        from flowlib.distributions import StandardNormal
+        from flowlib.flow import Flow
+        from flowlib.transforms.base import Compose
+        from flowlib.transforms.coupling import SplineCoupling
+
+        layers = [SplineCoupling(_half_masks(dim, k), HIDDEN, num_bins=SPLINE_BINS, bound=SPLINE_BOUND)
+                  for k in range(N_LAYERS[arch])]
+        flow = Flow(Compose(*layers), StandardNormal((dim,)))
+        return Model(flow, flow.log_prob, flow.sample)
+    if arch == "nsf-maf":
+        from flowlib.transforms.autoregressive import spline_maf
+
+        flow = spline_maf(dim, num_layers=N_LAYERS[arch], hidden=HIDDEN, num_bins=SPLINE_BINS, bound=SPLINE_BOUND)
+        return Model(flow, flow.log_prob, flow.sample)
     if arch == "realnvp":
         from flowlib.models import realnvp
 
@@ -240,7 +265,25 @@ def build_nflows(arch, dim):
     )
 
     layers = []
-    if arch == "realnvp":
+    if arch == "nsf-coupling":
+        from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform
+
+        for k in range(N_LAYERS[arch]):
+            def net(n_in, n_out):
+                return _ContextFree(MLP((n_in,), (n_out,), hidden_sizes=list(HIDDEN)))
+
+            layers.append(PiecewiseRationalQuadraticCouplingTransform(
+                (~_half_masks(dim, k)).int(), net, num_bins=SPLINE_BINS, tails="linear", tail_bound=SPLINE_BOUND))
+    elif arch == "nsf-maf":
+        from nflows.transforms import MaskedPiecewiseRationalQuadraticAutoregressiveTransform
+
+        for k in range(N_LAYERS[arch]):
+            layers.append(MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                dim, HIDDEN[0], num_bins=SPLINE_BINS, tails="linear", tail_bound=SPLINE_BOUND,
+                num_blocks=len(HIDDEN) - 1, use_residual_blocks=False))
+            if k < N_LAYERS[arch] - 1:
+                layers.append(ReversePermutation(dim))
+    elif arch == "realnvp":
         for k in range(N_LAYERS[arch]):
             mask = (~_half_masks(dim, k)).int()  # nflows: 1 = transformed, 0 = identity
 
@@ -264,6 +307,23 @@ def build_nflows(arch, dim):
 def build_zuko(arch, dim):
     import zuko
 
+    if arch in SPLINE_ARCHS:
+        from functools import partial
+
+        from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
+        from zuko.transforms import MonotonicRQSTransform
+
+        spline = dict(univariate=partial(MonotonicRQSTransform, bound=SPLINE_BOUND),
+                      shapes=[(SPLINE_BINS,), (SPLINE_BINS,), (SPLINE_BINS - 1,)], hidden_features=HIDDEN)
+        if arch == "nsf-coupling":
+            layers = [GeneralCouplingTransform(dim, mask=_half_masks(dim, k), **spline)
+                      for k in range(N_LAYERS[arch])]
+            base = UnconditionalDistribution(
+                zuko.distributions.DiagNormal, torch.zeros(dim), torch.ones(dim), buffer=True)
+            flow = Flow(layers, base)
+        else:  # zuko.flows.NSF is this MAF with the spline (its default bound is 5; 3 here, as for the others)
+            flow = zuko.flows.MAF(dim, transforms=N_LAYERS[arch], **spline)
+        return Model(flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
     if arch == "realnvp":
         from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
 
@@ -303,6 +363,19 @@ SCALE_NOTES = {
     "(0.001, inf), 0.69 at `s = 0`: bounded below only (unlike its own coupling layer)",
     ("zuko", "realnvp"): "`MonotonicAffineTransform`: `log_scale = a / (1 + abs(a) / 6.91)`, soft-clamped to "
     "(-6.91, 6.91) (`slope=1e-3`), symmetric",
+    ("flowlib", "nsf-coupling"): "`SplineCoupling(num_bins=8, bound=3)`: rational-quadratic spline on [-3, 3], "
+    "identity tails, min bin width/height and derivative from `spline_defaults()`; last conditioner layer zero "
+    "(identity at start)",
+    ("flowlib", "nsf-maf"): "`spline_maf(num_bins=8, bound=3)`: `SplineMAF` layers with a `Reverse` between them; "
+    "last MADE layer scaled by 1/sqrt(d)",
+    ("nflows", "nsf-coupling"): "`PiecewiseRationalQuadraticCouplingTransform(num_bins=8, tails='linear', "
+    "tail_bound=3)`; its `MLP` with PyTorch's default init",
+    ("nflows", "nsf-maf"): "`MaskedPiecewiseRationalQuadraticAutoregressiveTransform(num_bins=8, tails='linear', "
+    "tail_bound=3)`, plain (non-residual) MADE 64-64, reversed between layers",
+    ("zuko", "nsf-coupling"): "`GeneralCouplingTransform` with `MonotonicRQSTransform(bound=3)` (8 bins, "
+    "`slope=1e-3`)",
+    ("zuko", "nsf-maf"): "`zuko.flows.MAF` with `MonotonicRQSTransform(bound=3)` (what `zuko.flows.NSF` builds, "
+    "with bound 3 instead of 5)",
     ("zuko", "maf"): "same `MonotonicAffineTransform` soft clamp (-6.91, 6.91); sampling inverts with `d` "
     "passes",
 }
@@ -540,6 +613,9 @@ class Run:
             return math.nan
 
 
+SLOW_SAMPLE_ROWS = (("digits", "maf"), ("digits", "nsf-maf"))  # 64 sequential passes per layer to sample
+
+
 def speed(args, log):
     """Speed rows: for every (dataset, architecture) and thread count, ``--speed-rounds`` interleaved rounds;
     in each round every library (order rotated) runs ``--speed-steps`` training steps (zero_grad + log_prob +
@@ -550,14 +626,14 @@ def speed(args, log):
     out = {}
     sargs = argparse.Namespace(**{**vars(args), "steps": args.speed_steps * (args.speed_rounds + 1)})
     rows = [(d, a, t) for d in args.datasets if d in SPEED_DATASETS for a in args.archs for t in args.speed_threads]
-    rows.sort(key=lambda r: (r[:2] == ("digits", "maf"), r[2]))  # the slow sequential sampler last
+    rows.sort(key=lambda r: (r[:2] in SLOW_SAMPLE_ROWS, r[2]))  # the slow sequential sampler last
     for dataset, arch, threads in rows:
             torch.set_num_threads(threads)
             task = make_task(dataset, sargs, 0)
             x_eval = task["timing_x"]
-            n_sample = args.slow_sample_n if (dataset, arch) == ("digits", "maf") else len(x_eval)
+            n_sample = args.slow_sample_n if (dataset, arch) in SLOW_SAMPLE_ROWS else len(x_eval)
             if True:
-                runs = [Run(lib, arch, task, 0, args.lr) for lib in args.libs]
+                runs = [Run(lib, arch, task, 0, args.lr) for lib in arch_libs(arch, args.libs)]
                 times = {r.lib: {"train": [], "log_prob": [], "sample": []} for r in runs}
                 for rnd in range(args.speed_rounds + 1):
                     for r in runs[rnd % len(runs):] + runs[: rnd % len(runs)]:
@@ -621,7 +697,7 @@ def bench_one(dataset, arch, task, libs, seed, args, log):
     """Train every library on one (dataset, arch, seed) cell, interleaved in chunks; test the final model and
     the early-stopped one. Speed is measured separately (``speed``), not from these runs."""
     runs = []
-    for lib in libs:
+    for lib in arch_libs(arch, libs):
         try:
             runs.append(Run(lib, arch, task, seed, args.lr, args.patience))
         except Exception as e:
@@ -751,7 +827,8 @@ def write_report(path, results, speed_res, args, meta):
           f"count (`torch.set_num_threads`: {', '.join(map(str, args.speed_threads))}); in every round each "
           f"library, in rotated order, runs {args.speed_steps} training steps (zero_grad + log_prob + backward + "
           f"Adam step, batch {args.batch}; the round's value is their median), one `log_prob` and one `sample` of "
-          f"10,000 points (`torch.no_grad()`; `sample` of {args.slow_sample_n:,} points on the digits MAF row, whose "
+          f"10,000 points (`torch.no_grad()`; `sample` of {args.slow_sample_n:,} points on the digits MAF and "
+          "spline-MAF rows, whose "
           "samplers make 64 sequential passes per layer). Ratio = flowlib / fastest peer (the peer with the "
           "smallest median over rounds), the median of the per-round ratios, [min, max] over rounds.")
     if results:
@@ -807,8 +884,10 @@ def write_report(path, results, speed_res, args, meta):
               "of the test points: the floor |")
         for arch in args.archs:
             agg = results.get((dataset, arch), {})
+            if not agg:  # a row this run did not measure (e.g. the spline rows on digits-std)
+                continue
             f = agg.get("flowlib")
-            for lib in args.libs:
+            for lib in arch_libs(arch, args.libs):
                 if lib not in agg:
                     w(f"| {arch} | {lib} | not run | | | | | | | | | | model not available |")
                     continue
@@ -913,7 +992,8 @@ def main(argv=None):
     p.add_argument("--speed-rounds", type=int, default=7)
     p.add_argument("--speed-steps", type=int, default=10, help="training steps per library per speed round")
     p.add_argument("--slow-sample-n", type=int, default=10_000,
-                   help="points per sample() call on the digits MAF row (d = 64 sequential passes per layer)")
+                   help="points per sample() call on the digits MAF and spline-MAF rows (d = 64 sequential "
+                        "passes per layer)")
     p.add_argument("--skip-rows", nargs="*", default=[], help="likelihood rows left out, e.g. digits-std/realnvp")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-likelihood", action="store_true")
@@ -1008,7 +1088,12 @@ def main(argv=None):
                             fh.write(json.dumps({"cell": futures[fut], "res": done[futures[fut]][0]},
                                                 default=str) + "\n")
         else:
-            done = {c: _cell(*c, args, log) for c in cells}
+            done = {}
+            for c in cells:
+                done[c] = _cell(*c, args, log)
+                if args.json:  # as with --jobs: every finished cell at once
+                    with open(args.json + ".cells.jsonl", "a") as fh:
+                        fh.write(json.dumps({"cell": c, "res": done[c][0]}, default=str) + "\n")
         raw["likelihood"] = {}
         for dataset in args.datasets:
             for arch in args.archs:
@@ -1095,6 +1180,11 @@ EXTRA_NOTES = """## How the models are made equal, and where they are not
   one-pass direction as `forward`, so used as shipped its training step costs `d` sequential MADE passes
   per layer (an IAF). `flows.py` wraps it (`DensityFirst`) so that it is a MAF like the others.
 * nflows' `MLP` does not accept the `context` argument its coupling layer passes; `flows.py` wraps it.
+* Spline rows (`nsf-coupling`, `nsf-maf`): flowlib, nflows and zuko, K = 8 bins on [-3, 3] with linear
+  (identity) tails everywhere (zuko's default bound is 5, nflows' tail bound 1: both set to 3 here), equal
+  parameter counts; minimum bin widths, heights and derivatives are each library's own (about 1e-3 in all
+  three). flowlib's spline couplings start exactly at the identity (zero last layer), nflows and zuko from
+  PyTorch's default init; normflows is not compared on these rows.
 * Digits: every library sees the same dequantised, logit-transformed tensors; the logit log-det and the
   `log 17` offset are added outside the models (`flowlib.metrics.bits_per_dim(..., num_levels=17)`, checked
   against an independent formula on every evaluation), so bits/dim are comparable across libraries.
@@ -1121,7 +1211,7 @@ def profile(args, log):
     for dataset in args.datasets:
         for arch in args.archs:
             task = make_task(dataset, args, args.seeds[0])
-            runs = [Run(lib, arch, task, args.seeds[0], args.lr) for lib in args.libs]
+            runs = [Run(lib, arch, task, args.seeds[0], args.lr) for lib in arch_libs(arch, args.libs)]
             what = args.profile_what
             x = task["batches"][0] if what == "train" else task["timing_x"]
 

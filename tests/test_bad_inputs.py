@@ -379,3 +379,20 @@ def test_a_subclass_overriding_the_old_check_signature_still_works():
     z, _ = t(torch.ones(3, 2))
     x, _ = t.inverse(z)
     assert calls == ["x", "z"] and torch.equal(x, torch.ones(3, 2))
+
+
+def test_finite_check_decides_exactly_when_the_one_pass_sum_overflows():
+    """``check_tensor`` first sums ``x`` (one pass): finite entries whose float32 sum overflows to inf must still be
+    accepted, and a single NaN or inf among them refused, with the count of bad entries."""
+    from flowlib._validate import check_tensor
+
+    big = torch.full((4, 3), 3e38)  # every entry finite, the sum is inf in float32
+    assert not torch.isfinite(big.sum())
+    assert check_tensor(big) is big
+    mixed = torch.tensor([[float("inf"), -float("inf"), 1.0]])  # the sum is NaN
+    with pytest.raises(ValueError, match="contains 2 NaN or infinite"):
+        check_tensor(mixed)
+    one = big.clone()
+    one[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="contains 1 NaN or infinite"):
+        check_tensor(one)

