@@ -1103,9 +1103,22 @@ DESIGNED_PARTIALS = {
             "        x = x.clone()\n"
             "        x[:, i] = (z[:, i] - t[:, i]) * torch.exp(-s[:, i])\n"
             "    return x\n",
+            # the textbook root (-b + sqrt(b^2 - 4ac)) / (2a): right where a != 0, q8_bins (1); nan in a straight
+            # bin, q8_edges (0)
+            "q8_answer": "def spline_quantile(u, xk, yk, dk):\n"
+            "    y = torch.special.ndtri(u)\n"
+            "    m = (torch.searchsorted(yk, y, right=True) - 1).clamp(0, xk.numel() - 2)\n"
+            "    w, h = (xk[1:] - xk[:-1])[m], (yk[1:] - yk[:-1])[m]\n"
+            "    d0, d1 = dk[:-1][m], dk[1:][m]\n"
+            "    r, s = y - yk[m], h / w\n"
+            "    a = h * (s - d0) + r * (d0 + d1 - 2 * s)\n"
+            "    b = h * d0 - r * (d0 + d1 - 2 * s)\n"
+            "    x = xk[m] + w * (-b + torch.sqrt(b * b + 4 * a * s * r)) / (2 * a)\n"
+            "    x = torch.where(y < yk[0], xk[0] + (y - yk[0]) / dk[0], x)\n"
+            "    return torch.where(y > yk[-1], xk[-1] + (y - yk[-1]) / dk[-1], x)\n",
             # q1 (3), q5 (1) and q6 (2) right
         },
-        8.0,
+        9.0,
     ),
     "ch07_residual_continuous": (
         {
@@ -1115,7 +1128,7 @@ DESIGNED_PARTIALS = {
             "    small = torch.eye(A.shape[1], dtype=x.dtype) + (1 - act**2)[:, :, None] * (B @ A)\n"
             "    return x + act @ A.T, torch.logdet(small)\n",
             # adds the variances of the terms as if each had its own probe: the Rademacher and the Gaussian
-            # cells both fail (0 of 3); q2, q4, q5, q6 right (2 + 3 + 2 + 3)
+            # cells both fail (0 of 3); q2, q4, q5, q6 right (2 + 3 + 2 + 3), q8 and q9 below (1 + 2)
             "q3_answer": "def series_probe_variance(J, n_terms, probe):\n"
             "    total = torch.zeros((), dtype=J.dtype)\n"
             "    for k in range(1, n_terms + 1):\n"
@@ -1124,8 +1137,12 @@ DESIGNED_PARTIALS = {
             "        off = (S**2).sum() - (S.diagonal() ** 2).sum()\n"
             "        total = total + 2 * (off if probe == 'rademacher' else (S**2).sum())\n"
             "    return total\n",
+            # the forward-KL answer, the target's marginal variances: q8_optimum (2) fails; q8_estimate (1) and
+            # q9 (1 + 1) right
+            "q8_optimum_answer": "def reverse_kl_optimum(P, mu):\n"
+            "    return mu.clone(), 0.5 * torch.log(torch.diagonal(torch.linalg.inv(P)))\n",
         },
-        11.0,
+        14.0,
     ),
     "ch06_image_flows": (
         {

@@ -207,3 +207,41 @@ def _q6(ns):
     got = float(nll(theta, x))
     expect(got <= best + 0.02, f"expected an NLL (by your sas_nll) at most {best + 0.02:.4f} nats, got {got:.4f} "
            "(Adam from theta = 0, with bias correction; is Q5 right?)")
+
+
+# ---------------------------------------------------------------- Q8 quantiles of a spline flow
+# two bins: knots (-1, -0.5), (0, 0.5), (2, 1); the expected quantiles were computed once and agree to 1e-15 with a
+# bisection of Phi(tau(x)) = u on the forward spline
+def _knots8(slopes):
+    return (torch.tensor([-1.0, 0.0, 2.0], dtype=F64), torch.tensor([-0.5, 0.5, 1.0], dtype=F64),
+            torch.tensor(slopes, dtype=F64))
+
+
+def _q8_call(ns, u, slopes):
+    f = need(ns, "spline_quantile")
+    u = torch.tensor(u, dtype=F64)
+    return tensor(f(u, *_knots8(slopes)), "spline_quantile(u, xk, yk, dk)", shape=tuple(u.shape), dtype=F64)
+
+
+@visible("ch05.q8.bins", "Q8 three quantiles of a two-bin spline flow, inside the knots")
+def _q8_bins(ns):
+    got = _q8_call(ns, [0.4, 0.6, 0.8], [1.5, 0.8, 0.4])
+    want = [-0.81703102650339, -0.3047012195510759, 1.2306568605189032]
+    expect(close(got, want), f"expected {fmt(want, 6)}, got {fmt(got, 6)} (first y = Phi^-1(u), then the bin of y "
+           "among the y-knots, then the root of that bin's quadratic)")
+    got = _q8_call(ns, [0.3085375387259869, 0.6914624612740131, 0.841344746068543], [1.5, 0.8, 0.4])
+    expect(close(got, [-1.0, 0.0, 2.0]), f"the levels u = Phi(y_k) should give the knots x_k = [-1, 0, 2], "
+           f"got {fmt(got, 6)}")
+
+
+@visible("ch05.q8.edges", "Q8 the two tails (slopes 1.5 and 0.4, not 1) and a bin that is a straight line")
+def _q8_edges(ns):
+    got = _q8_call(ns, [0.05, 0.95], [1.5, 0.8, 0.4])
+    want = [-1.7632357513009818, 3.6121340673786797]
+    expect(close(got, want), f"expected {fmt(want, 6)}, got {fmt(got, 6)} (beyond the end knots tau is a straight "
+           "line with the end slope: 1.5 on the left, 0.4 on the right)")
+    # slopes (1, 1) at both ends of the first bin, whose chord has slope 1: the spline is a straight line there
+    got = _q8_call(ns, [0.35, 0.5], [1.0, 1.0, 0.25])
+    want = [-0.8853204664075678, -0.5]
+    expect(close(got, want), f"expected {fmt(want, 6)}, got {fmt(got, 6)} in a bin where the spline is a straight "
+           "line (the quadratic's a is 0 there: nan means a division by a)")

@@ -186,3 +186,77 @@ def _q6_3d(ns):
     nll, best = _fit_gap(ns, x, 0.5)
     expect(nll - best < 0.01, f"mean NLL {nll:.4f} nats, but a linear flow reaches {best:.4f} on these points "
            "(T = 0.5 here: use T in the flow)")
+
+
+# ---------------------------------------------------------------- Q8 reverse KL for an elementwise affine flow
+def _q8_target(x):
+    return -0.5 * (x**2).sum(1) - 0.5 * x[:, 0] * x[:, 1]
+
+
+@visible("ch07.q8.estimate", "Q8 the estimate on 3 draws in 2-d; q equal to a normalised target gives exactly 0")
+def _q8_estimate(ns):
+    f = need(ns, "reverse_kl_estimate")
+    eps = torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.3, 0.8]], dtype=F64)
+    m = torch.tensor([0.2, -0.4], dtype=F64, requires_grad=True)
+    log_s = torch.tensor([0.1, -0.5], dtype=F64, requires_grad=True)
+    got = _tensor(f(eps.clone(), m, log_s, _q8_target), "reverse_kl_estimate(eps, m, log_s, log_target)", ())
+    want = -1.5084554356514819  # the same draws through torch.distributions.Normal(m, s).log_prob in x-space
+    expect(close(got, want), f"expected {want:.6f}, got {got.item():.6f} (x = m + s eps; log q(x) = log N(eps) "
+           "- sum log s: the generating direction's log-det is subtracted)")
+    expect(got.requires_grad, "the estimate should stay differentiable in m and log_s (it is a training loss)")
+    # q = N(m, diag s^2) and the target its own normalised log-density: log q - log p = 0 for every draw
+    m2, log_s2 = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.3, -0.2], dtype=F64)
+    exact = torch.distributions.Normal(m2, torch.exp(log_s2))
+    got = _tensor(f(eps.clone(), m2, log_s2, lambda x: exact.log_prob(x).sum(1)), "reverse_kl_estimate", ())
+    expect(close(got, 0.0), f"when q is the target itself (normalised) every term is 0; got {got.item():.6g}")
+
+
+@visible("ch07.q8.optimum", "Q8 the optimum for a 2-d Gaussian target with correlation 1/2")
+def _q8_optimum(ns):
+    f = need(ns, "reverse_kl_optimum")
+    P = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=F64)
+    mu = torch.tensor([1.0, -1.0], dtype=F64)
+    m, log_s = tensors(f(P.clone(), mu.clone()), "reverse_kl_optimum(P, mu)")
+    m, log_s = _tensor(m, "m", (2,)), _tensor(log_s, "log_s", (2,))
+    expect(close(m, [1.0, -1.0]), f"expected m = [1, -1], got {fmt(m, 6)}")
+    # found by minimising the closed-form KL over log_s numerically; the marginal variances (forward KL) would give
+    # log_s = 0.5 log(2/3) = -0.2027 each
+    want = [-0.34657359027997264, -0.34657359027997264]
+    expect(close(log_s, want), f"expected log_s = {fmt(want, 6)}, got {fmt(log_s, 6)} (reverse KL does not match "
+           "the marginal variances of the target)")
+
+
+# ---------------------------------------------------------------- Q9 the exact NPE optimum
+def _npe(ns, A, mu0, S0, Sn):
+    f = need(ns, "npe_optimum")
+    A, mu0, S0, Sn = (torch.tensor(v, dtype=F64) for v in (A, mu0, S0, Sn))
+    W, c, C = tensors(f(A, mu0, S0, Sn), "npe_optimum(A, mu0, Sigma0, Sigma_n)", 3)
+    k, p = A.shape[1], A.shape[0]
+    return _tensor(W, "W", (k, p)), _tensor(c, "c", (k,)), _tensor(C, "C", (k, k))
+
+
+_SIM2 = ([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]], [0.0, 1.0], [[1.0, 0.5], [0.5, 2.0]],
+         [[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.5]])
+
+
+@visible("ch07.q9.mean", "Q9 W and c for one parameter seen twice, and for two parameters seen three times")
+def _q9_mean(ns):
+    # one parameter, x = (theta, 2 theta) + noise: posterior precision 1 + 1/0.5 + 4/1 = 7 (by hand)
+    W, c, _ = _npe(ns, [[1.0], [2.0]], [0.5], [[1.0]], [[0.5, 0.0], [0.0, 1.0]])
+    expect(close(W, [[2 / 7, 2 / 7]]) and close(c, [1 / 14]),
+           f"expected W = [[2/7, 2/7]], c = [1/14], got W = {_rows(W)}, c = {fmt(c, 4)} (the posterior mean "
+           "is linear in x: W x + c = E[theta | x])")
+    W, c, _ = _npe(ns, *_SIM2)
+    # the posterior mean in the precision form C (A^T Sigma_n^-1 x + Sigma_0^-1 mu_0), computed once
+    want_W = [[37 / 90, 31 / 90, -2 / 15], [-1 / 15, 2 / 15, 0.4]]
+    expect(close(W, want_W) and close(c, [-7 / 90, 1 / 15]),
+           f"expected W = {_rows(torch.tensor(want_W))}, c = {fmt([-7 / 90, 1 / 15])}, got W = {_rows(W)}, "
+           f"c = {fmt(c)}")
+
+
+@visible("ch07.q9.cov", "Q9 C for two parameters seen three times")
+def _q9_cov(ns):
+    _, _, C = _npe(ns, *_SIM2)
+    want = [[37 / 180, -1 / 30], [-1 / 30, 0.1]]   # (Sigma_0^-1 + A^T Sigma_n^-1 A)^-1, computed once
+    expect(close(C, want), f"expected C = {_rows(torch.tensor(want))}, got {_rows(C)} (the posterior covariance, "
+           "the same for every x)")

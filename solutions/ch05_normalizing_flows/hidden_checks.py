@@ -345,3 +345,71 @@ def q6_fit(student):
     expect(math.isfinite(got), "the NLL of your fitted parameters is not finite")
     expect(got <= _best_nll(x) + 0.02, "the NLL of your fitted parameters is more than 0.02 nats above "
            "the best this model reaches on the data (train longer, or check the gradient of your loss)")
+
+
+# ---------------------------------------------------------------- Q8 quantiles of a spline flow (derive)
+def _knots(seed, M):
+    """Random knots (increasing in x and y, neither symmetric) and positive slopes, also at the ends."""
+    g = torch.Generator().manual_seed(seed)
+    xk = torch.cat([torch.zeros(1, dtype=F64), torch.cumsum(0.2 + torch.rand(M, generator=g, dtype=F64), 0)])
+    yk = torch.cat([torch.zeros(1, dtype=F64), torch.cumsum(0.1 + torch.rand(M, generator=g, dtype=F64), 0)])
+    dk = torch.exp(0.8 * torch.randn(M + 1, generator=g, dtype=F64))
+    return xk - 1.7 - 0.3 * torch.rand(1, generator=g, dtype=F64), yk - 1.1, dk
+
+
+def _spline_forward(x, xk, yk, dk):
+    """tau(x), from the bin formula y_m + h (s xi^2 + d_m xi (1 - xi)) / (s + (d_m+1 + d_m - 2 s) xi (1 - xi))."""
+    M = xk.numel() - 1
+    m = (torch.bucketize(x, xk, right=True) - 1).clamp(0, M - 1)
+    w, h = xk[m + 1] - xk[m], yk[m + 1] - yk[m]
+    s, e = h / w, (x - xk[m]) / w
+    inner = yk[m] + h * (s * e**2 + dk[m] * e * (1 - e)) / (s + (dk[m + 1] + dk[m] - 2 * s) * e * (1 - e))
+    inner = torch.where(x < xk[0], yk[0] + dk[0] * (x - xk[0]), inner)
+    return torch.where(x > xk[-1], yk[-1] + dk[-1] * (x - xk[-1]), inner)
+
+
+def _quantile_ref(u, xk, yk, dk):
+    """F_X^{-1}(u) by bisection of Phi(tau(x)) = u on a bracket wide enough for u in [1e-12, 1 - 1e-12]."""
+    y = torch.special.ndtri(u)
+    spread = float(y.abs().max() + yk.abs().max()) / float(dk.min()) + float(xk.abs().max()) + 1.0
+    lo, hi = torch.full_like(u, -spread), torch.full_like(u, spread)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        below = _spline_forward(mid, xk, yk, dk) < y
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+@checks.cell("q8_bins_test")
+def q8_bins(student):
+    """spline_quantile: levels inside the knots, for random knots with 7 bins"""
+    xk, yk, dk = _knots(81, 7)
+    lo, hi = torch.special.ndtr(yk[0]), torch.special.ndtr(yk[-1])
+    u = lo + (hi - lo) * torch.rand(40, generator=torch.Generator().manual_seed(82), dtype=F64)
+    got = expect_tensor(student.spline_quantile(u, xk, yk, dk), "spline_quantile(u, xk, yk, dk)", shape=(40,),
+                        dtype=F64)
+    expect_close(got, _quantile_ref(u, xk, yk, dk),
+                 "the quantiles inside the knots are wrong (F_X(x) = Phi(tau(x)); invert tau bin by bin)",
+                 rtol=1e-8, atol=1e-9)
+
+
+@checks.cell("q8_edges_test")
+def q8_edges(student):
+    """spline_quantile: both tails, the knots themselves and a bin where the spline is a straight line"""
+    xk, yk, dk = _knots(83, 5)
+    dk[2] = dk[3] = (yk[3] - yk[2]) / (xk[3] - xk[2])         # bin 2 is a straight line: a = 0 in the quadratic
+    g = torch.Generator().manual_seed(84)
+    inside = yk[2] + (yk[3] - yk[2]) * torch.rand(6, generator=g, dtype=F64)
+    tails = torch.cat([yk[0] - 4 * torch.rand(4, generator=g, dtype=F64),
+                       yk[-1] + 4 * torch.rand(4, generator=g, dtype=F64)])
+    u = torch.special.ndtr(torch.cat([inside, tails, yk]))
+    u = torch.cat([u, torch.tensor([1e-7], dtype=F64)])
+    got = expect_tensor(student.spline_quantile(u, xk, yk, dk), "spline_quantile(u, xk, yk, dk)",
+                        shape=(u.numel(),), dtype=F64)
+    ref = _quantile_ref(u, xk, yk, dk)
+    expect_close(got[:6], ref[:6], "the quantiles inside a bin where the spline is a straight line are wrong "
+                 "(there a = 0: does your root divide by a?)", rtol=1e-8, atol=1e-9)
+    expect_close(got[6:14], ref[6:14], "the quantiles in the tails are wrong (the tails are straight lines with the "
+                 "end slopes, not the identity)", rtol=1e-8, atol=1e-9)
+    expect_close(got[14:20], ref[14:20], "the levels u = Phi(y_k) should land on the knots x_k", rtol=1e-8, atol=1e-9)
+    expect_close(got[20:], ref[20:], "the quantile far in the left tail (u = 1e-7) is wrong", rtol=1e-8, atol=1e-9)

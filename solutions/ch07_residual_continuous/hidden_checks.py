@@ -14,6 +14,7 @@ import torch
 
 from course_tools.hidden import (
     Checks,
+    Source,
     central_differences,
     expect,
     expect_close,
@@ -273,3 +274,126 @@ def q6_3d(student):
     """a fit on 300 correlated 3-d points with T = 0.5: mean NLL within 0.01 nats of the optimum"""
     _fit_check(student, _data(621, [[0.7, 0.0, 0.0], [0.4, 1.5, 0.0], [-0.3, 0.5, 0.4]]), 0.5,
                "300 correlated 3-d points (T = 0.5)")
+
+
+# ---------------------------------------------------------------- Q8 reverse KL for an elementwise affine flow
+def _spd(seed, d, jitter):
+    B = _randn(d, d, seed=seed)
+    return B @ B.T / d + jitter * torch.eye(d, dtype=F64)
+
+
+def _gauss_kl(m, var, mu, P):
+    """KL(N(m, diag var) || N(mu, P^-1)) in closed form, through torch.distributions (covariance P^-1)."""
+    q = torch.distributions.MultivariateNormal(m, torch.diag(var))
+    p = torch.distributions.MultivariateNormal(mu, precision_matrix=P)
+    return torch.distributions.kl_divergence(q, p)
+
+
+@checks.cell("q8_estimate_test")
+def q8_estimate(student):
+    """reverse_kl_estimate: a banana-shaped target on fresh draws, and the average over many draws for a Gaussian"""
+    eps = _randn(50, 2, seed=801)
+    m, log_s = _randn(2, seed=802, scale=0.5), _randn(2, seed=803, scale=0.3)
+    banana = "lambda x: -0.5 * x[:, 0] ** 2 - 2.0 * (x[:, 1] - 0.5 * x[:, 0] ** 2) ** 2 + 1.3"
+    eps_many = _randn(2000, 3, seed=804)
+    P, mu = _spd(805, 3, 0.4), _randn(3, seed=806)
+    m3, log_s3 = _randn(3, seed=807, scale=0.4), _randn(3, seed=808, scale=0.3) - 0.5
+    gauss = ("(lambda P, mu: lambda x: -0.5 * (((x - mu) @ P) * (x - mu)).sum(1) + 2.0)("
+             f"torch.tensor({P.tolist()}, dtype=torch.float64), torch.tensor({mu.tolist()}, dtype=torch.float64))")
+    got = student.reverse_kl_estimate(eps, m, log_s, Source(banana))
+    got3 = student.reverse_kl_estimate(eps_many, m3, log_s3, Source(gauss))
+    got = expect_tensor(got, "reverse_kl_estimate(eps, m, log_s, log_target)", shape=(), dtype=F64)
+    got3 = expect_tensor(got3, "reverse_kl_estimate(eps, m, log_s, log_target)", shape=(), dtype=F64)
+    # the reference: x through the flow, log q(x) by torch.distributions.Normal in x-space
+    x = m + torch.exp(log_s) * eps
+    log_q = torch.distributions.Normal(m, torch.exp(log_s)).log_prob(x).sum(1)
+    expect_close(got, (log_q - Source(banana).build()(x)).mean(),
+                 "the estimate for given draws is wrong (log q(x) = log N(eps) minus the flow's log-det)")
+    x3 = m3 + torch.exp(log_s3) * eps_many
+    terms = torch.distributions.Normal(m3, torch.exp(log_s3)).log_prob(x3).sum(1) - Source(gauss).build()(x3)
+    log_Z = 2.0 + 1.5 * math.log(2 * math.pi) - 0.5 * torch.linalg.slogdet(P).logabsdet
+    exact = _gauss_kl(m3, torch.exp(2 * log_s3), mu, P) - log_Z
+    se = terms.std() / math.sqrt(terms.numel())
+    # 5 standard errors of the mean of the 2000 terms: a correct estimator fails with probability below 1e-6
+    expect(abs(float(got3 - exact)) < 5 * float(se),
+           "averaged over 2000 draws, the estimate is not KL(q || p) - log Z for a Gaussian target")
+    expect_close(got3, terms.mean(), "the estimate for given draws is wrong for a Gaussian target")
+
+
+@checks.cell("q8_optimum_test")
+def q8_optimum(student):
+    """reverse_kl_optimum: the closed-form minimiser for a correlated Gaussian target, and no better neighbour"""
+    P, mu = _spd(811, 4, 0.3), _randn(4, seed=812)
+    out = _pair(student.reverse_kl_optimum(P, mu), "reverse_kl_optimum(P, mu)")
+    m = expect_tensor(out[0], "m", shape=(4,), dtype=F64)
+    log_s = expect_tensor(out[1], "log_s", shape=(4,), dtype=F64)
+    # the reference by another route: minimise the closed-form KL numerically (Newton in log s, m = mu)
+    ref_m, ref_l = mu.clone(), torch.zeros(4, dtype=F64)
+    for _ in range(30):
+        ref_l = ref_l.detach().requires_grad_(True)
+        # KL(q || p) up to terms free of log s: (tr(P S) - log det S) / 2 with S = diag(s^2)
+        kl = 0.5 * (torch.trace(P @ torch.diag(torch.exp(2 * ref_l))) - 2 * ref_l.sum())
+        (grad,) = torch.autograd.grad(kl, ref_l, create_graph=True)
+        hess = torch.stack([torch.autograd.grad(grad[i], ref_l, retain_graph=True)[0] for i in range(4)])
+        ref_l = ref_l - torch.linalg.solve(hess, grad)
+    ref_l = ref_l.detach()
+    best = _gauss_kl(m, torch.exp(2 * log_s), mu, P)
+    g = torch.Generator().manual_seed(813)
+    nearby = [(m + 1e-3 * torch.randn(4, generator=g, dtype=F64), log_s + 1e-3 * torch.randn(4, generator=g, dtype=F64))
+              for _ in range(20)]
+    worse = all(float(_gauss_kl(m1, torch.exp(2 * l1), mu, P)) > float(best) for m1, l1 in nearby)
+    expect_close(m, ref_m, "the optimal m is wrong", rtol=1e-8, atol=1e-8)
+    expect_close(log_s, ref_l, "the optimal log_s is wrong (is it the forward-KL answer, the marginal variances?)",
+                 rtol=1e-8, atol=1e-8)
+    expect(worse, "a nearby (m, log_s) has a smaller KL(q || p): your answer is not the minimiser")
+
+
+# ---------------------------------------------------------------- Q9 the exact NPE optimum
+def _simulator(seed, k, p):
+    A = _randn(p, k, seed=seed)
+    return A, _randn(k, seed=seed + 1), _spd(seed + 2, k, 0.5), 0.3 * _spd(seed + 3, p, 0.2)
+
+
+def _posterior(A, mu0, S0, Sn, x):
+    """Posterior mean (one row per x) and covariance, in the precision form (not the gain form)."""
+    Pn = torch.linalg.inv(Sn)
+    C = torch.linalg.inv(torch.linalg.inv(S0) + A.T @ Pn @ A)
+    mean = (C @ (A.T @ Pn @ x.T + torch.linalg.solve(S0, mu0)[:, None])).T
+    return mean, C
+
+
+def _triple(out):
+    expect(isinstance(out, (tuple, list)) and len(out) == 3, "npe_optimum should return a tuple (W, c, C)")
+    return out
+
+
+@checks.cell("q9_mean_test")
+def q9_mean(student):
+    """npe_optimum: the posterior mean W x + c for a 3-parameter, 5-observation simulator, at fresh x"""
+    A, mu0, S0, Sn = _simulator(901, 3, 5)
+    W, c, _ = _triple(student.npe_optimum(A, mu0, S0, Sn))
+    W = expect_tensor(W, "W", shape=(3, 5), dtype=F64)
+    c = expect_tensor(c, "c", shape=(3,), dtype=F64)
+    x = _randn(8, 5, seed=905, scale=2.0)
+    mean, _ = _posterior(A, mu0, S0, Sn, x)
+    expect_close(x @ W.T + c, mean, "W x + c is not the posterior mean E[theta | x]", rtol=1e-8, atol=1e-9)
+
+
+@checks.cell("q9_cov_test")
+def q9_cov(student):
+    """npe_optimum: the covariance C, and the exact NPE loss at your answer equals its minimum"""
+    A, mu0, S0, Sn = _simulator(911, 2, 4)
+    W, c, C = _triple(student.npe_optimum(A, mu0, S0, Sn))
+    W = expect_tensor(W, "W", shape=(2, 4), dtype=F64)
+    c = expect_tensor(c, "c", shape=(2,), dtype=F64)
+    C = expect_tensor(C, "C", shape=(2, 2), dtype=F64)
+    _, C_post = _posterior(A, mu0, S0, Sn, _randn(1, 4, seed=915))
+    expect_close(C, C_post, "C is not the posterior covariance", rtol=1e-8, atol=1e-9)
+    # exact loss E[-log N(theta; W x + c, C)] from the joint moments of r = theta - W x - c
+    M = torch.eye(2, dtype=F64) - W @ A                    # r = M theta - W eta - c
+    r_mean = M @ mu0 - c
+    r_cov = M @ S0 @ M.T + W @ Sn @ W.T
+    loss = 0.5 * (torch.linalg.slogdet(2 * math.pi * C).logabsdet
+                  + torch.trace(torch.linalg.solve(C, r_cov + torch.outer(r_mean, r_mean))))
+    best = 0.5 * torch.linalg.slogdet(2 * math.pi * math.e * C_post).logabsdet   # the posterior's entropy
+    expect_close(loss, best, "the exact NPE loss at your (W, c, C) is above its minimum", rtol=1e-8, atol=1e-9)
