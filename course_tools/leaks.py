@@ -28,9 +28,12 @@ MARKERS = [
 ]
 MIN_LEN = 16
 # A bare loop header (``for k in range(1, n + 1):``) reveals nothing about an answer and is common in lectures.
-# So does a bare gradient-mode header (``with torch.no_grad():``), printed by nearly every lecture.
+# So does a bare gradient-mode header (``with torch.no_grad():``), printed by nearly every lecture, and a generator
+# seeded from a variable (``g = torch.Generator().manual_seed(seed)``): only a literal seed says which inputs a
+# hidden check draws, and a line with one stays a pattern.
 _LOOP = re.compile(
-    r"^(for [\w, ()]+ in [\w.]+(\([^()]*\))?|while [\w ]+|with torch\.(no_grad|enable_grad|inference_mode)\(\)):$"
+    r"^((for [\w, ()]+ in [\w.]+(\([^()]*\))?|while [\w ]+|with torch\.(no_grad|enable_grad|inference_mode)\(\)):"
+    r"|\w+ = torch\.Generator\(\)\.manual_seed\([A-Za-z_]\w*\))$"
 )
 
 
