@@ -51,3 +51,24 @@ def test_checkpoint_reproduces_stated_kl(name, model, results):
                          generator_seed=proto["eval_seed"])
     assert abs(kl - row["kl"]) < TOL and abs(se - row["se"]) < TOL, (kl, se, row)
     assert kl > -4 * se, "a KL divergence cannot be negative beyond its Monte Carlo error"
+
+
+MODES = runpy.run_path(str(ROOT / "scripts" / "train_ch07_modes.py"), run_name="modes")
+
+
+def test_the_two_mode_fits_reproduce_their_numbers():
+    """The five fits of 'Why the reverse KL is mode-seeking' (trained by scripts/train_ch07_modes.py): loaded
+    and measured again, they give the numbers the script wrote (the lecture prints 3 and 2 decimals)."""
+    recorded = json.loads((RESULTS / "vi_modes.json").read_text())
+    fits = MODES["load_fits"](RESULTS)
+    assert set(recorded) == set(MODES["FITS"]) and len(fits) == 5
+    for key, (label, *_rest) in MODES["FITS"].items():
+        got = MODES["measure"](fits[label])
+        for name, value in recorded[key].items():
+            assert got[name] == pytest.approx(value, abs=TOL), f"{key}: {name} {got[name]} vs {value}"
+    # what the lecture concludes from them: the reverse-KL Gaussian and the IAF started on one mode keep one mode
+    # (about log 2), the others cover both
+    assert recorded["gauss_reverse"]["mass_right"] < 0.01 and recorded["iaf_one_mode"]["mass_right"] > 0.99
+    for key in ("gauss_reverse", "iaf_one_mode"):
+        assert abs(recorded[key]["kl_qp"] - 0.693) < 0.05
+    assert all(0.4 < recorded[k]["mass_right"] < 0.6 for k in ("iaf_reverse", "gauss_mle", "iaf_mle"))
