@@ -164,16 +164,17 @@ def sample_images(model, n: int, temperature: float = 1.0, generator: torch.Gene
 # ------------------------------------------------------------------------------- the chapter's three models
 
 #: The three digits models of chapter 6: builder, its arguments and the training settings of
-#: ``scripts/train_ch6.py`` (``flowlib.fit`` with early stopping on a fixed validation set).
+#: ``scripts/train_ch6.py`` (the same for all three: ``flowlib.fit``, the same batch, learning rate, schedule and
+#: number of steps, validation every 50 steps with the best parameters restored).
 DIGITS_MODELS = {
-    "NICE": dict(builder=nice_image, kwargs=dict(num_layers=4, hidden=(128, 128)), lr=2e-3, batch_size=256),
+    "NICE": dict(builder=nice_image, kwargs=dict(num_layers=4, hidden=(128, 128)), lr=2e-3, batch_size=128),
     "RealNVP": dict(
         builder=realnvp_image, kwargs=dict(num_levels=3, couplings_per_level=4, hidden_channels=32),
         lr=2e-3, batch_size=128,
     ),
     "Glow": dict(
         builder=glow_image, kwargs=dict(num_levels=3, steps_per_level=4, hidden_channels=32),
-        lr=2e-3, batch_size=256,
+        lr=2e-3, batch_size=128,
     ),
 }
 
