@@ -46,7 +46,7 @@ bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see 
 bench-grading: system  ## autograde 50 generated submissions and time it
 	$(PY) benchmarks/autograde.py
 
-train-ch06: env  ## retrain chapter 6's NICE, RealNVP, Glow (3 seeds each, one protocol) and write chapters/06_image_flows/checkpoints/ (TRAIN_TIME); the table alone: scripts/train_ch6.py --table-only
+train-ch06: env  ## retrain chapter 6's NICE, RealNVP, Glow (3 seeds each, one protocol) and write chapters/06_image_flows/checkpoints/ (21 min wall on the shared 2-core machine, load 7-12); the table alone: scripts/train_ch6.py --table-only
 	nice -n 10 $(PY) scripts/train_ch6.py --jobs 2
 
 # Instructors (see instructors.md): A=<assignment> (default: all), S=<student> (default: all)

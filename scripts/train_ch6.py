@@ -2,6 +2,7 @@
 and write the comparison table.
 
     nice -n 10 .venv/bin/python scripts/train_ch6.py --jobs 2   # all 9 runs, then the table (make train-ch06)
+    # 1235 s (21 min) wall measured on the shared 2-core course machine, load average 7-12
     .venv/bin/python scripts/train_ch6.py --table-only          # the table again from the committed checkpoints
     .venv/bin/python scripts/train_ch6.py --runs NICE:0 --steps 100 --out /tmp/ch6   # a quick try
 
