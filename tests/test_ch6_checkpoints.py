@@ -4,7 +4,8 @@ correct flows.
 
 Tolerances: every test bits/dim, standard error and paired difference recomputed from the 9 checkpoints must agree
 with ``results.json`` to within ``TOL = 2e-3`` bits/dim (the figures are stored to 4 decimals and stated to 3; a
-different CPU or BLAS changes the float32 sums by far less). Cost: about 5 s (9 evaluations of 2152 images).
+different CPU or BLAS changes the float32 sums by far less). Cost: about 10 s at a load average of 7 (9 evaluations
+of 2152 images).
 """
 
 import importlib.util
