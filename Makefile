@@ -46,7 +46,7 @@ bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see 
 bench-grading: system  ## autograde 50 generated submissions and time it
 	$(PY) benchmarks/autograde.py
 
-train-ch05-toys: env  ## lecture 5.3's toy-flow study (4 densities x 5 settings x 3 seeds); writes chapters/05_normalizing_flows/checkpoints/toy_* (MEASURED)
+train-ch05-toys: env  ## lecture 5.3's toy-flow study (4 densities x 5 settings x 3 seeds); writes chapters/05_normalizing_flows/checkpoints/toy_* (24 min, one core of a shared 2-core CPU)
 	nice -n 10 $(PY) scripts/train_ch05_toy_flows.py
 
 train-ch06: env  ## retrain chapter 6's NICE, RealNVP, Glow; writes chapters/06_image_flows/checkpoints/ (36 min on a heavily shared 2-core CPU)
