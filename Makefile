@@ -8,7 +8,7 @@ BIN   := .venv/bin
 ENV_STAMP := .venv/.setup-stamp
 
 .PHONY: help env system book book-strict pdf test test-unit test-notebooks test-book test-grading lint \
-        refresh student-versions lock bench bench-grading train-ch06 release collect autograde feedback grades clean
+        refresh student-versions lock bench bench-grading train-ch05-toys train-ch06 release collect autograde feedback grades clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 18
@@ -45,6 +45,9 @@ bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see 
 
 bench-grading: system  ## autograde 50 generated submissions and time it
 	$(PY) benchmarks/autograde.py
+
+train-ch05-toys: env  ## lecture 5.3's toy-flow study (4 densities x 5 settings x 3 seeds); writes chapters/05_normalizing_flows/checkpoints/toy_* (24 min, one core of a shared 2-core CPU)
+	nice -n 10 $(PY) scripts/train_ch05_toy_flows.py
 
 train-ch06: env  ## retrain chapter 6's NICE, RealNVP, Glow (3 seeds each, one protocol) and write chapters/06_image_flows/checkpoints/ (21 min wall on the shared 2-core machine, load 7-12); the table alone: scripts/train_ch6.py --table-only
 	nice -n 10 $(PY) scripts/train_ch6.py --jobs 2
