@@ -8,7 +8,7 @@ BIN   := .venv/bin
 ENV_STAMP := .venv/.setup-stamp
 
 .PHONY: help env system book book-strict pdf test test-unit test-notebooks test-book test-grading lint \
-        refresh student-versions lock bench bench-grading train-ch05-toys train-ch06 release collect autograde feedback grades clean
+        refresh student-versions lock bench bench-grading train-ch05-toys train-ch06 train-ch07 release collect autograde feedback grades clean
 
 help:            ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 18
@@ -51,6 +51,9 @@ train-ch05-toys: env  ## lecture 5.3's toy-flow study (4 densities x 5 settings 
 
 train-ch06: env  ## retrain chapter 6's NICE, RealNVP, Glow (3 seeds each, one protocol) and write chapters/06_image_flows/checkpoints/ (21 min wall on the shared 2-core machine, load 7-12); the table alone: scripts/train_ch6.py --table-only
 	nice -n 10 $(PY) scripts/train_ch6.py --jobs 2
+
+train-ch07: env  ## retrain chapter 7's comparison (coupling, i-ResNet + ActNorm, CNF; 3 seeds each) and write chapters/07_residual_continuous/results/ (15 min on one thread of the shared 2-core CPU, load 7-9); the table alone: scripts/train_ch7.py --evaluate
+	nice -n 10 $(PY) scripts/train_ch7.py
 
 # Instructors (see instructors.md): A=<assignment> (default: all), S=<student> (default: all)
 release: env     ## release assignment A to the exchange
