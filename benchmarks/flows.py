@@ -111,7 +111,7 @@ def build_flowlib_variant(variant, arch, dim):
         last_std = kw.pop("last_std", None)
         last_scale = kw.pop("last_scale", None)
         layers = []
-        for k in range(N_LAYERS[arch]):  # as flowlib's maf(): MAF layers with a Reverse between them
+        for k in range(N_LAYERS[arch]):  # maf()'s layers before the fold: the same map (FoldedStack)
             layers.append(MAF(dim, HIDDEN, **kw))
             if last_std is not None:  # a small random last MADE layer: near the identity, not exactly at it
                 last = layers[-1].made.net[-1]
@@ -366,8 +366,8 @@ SCALE_NOTES = {
     ("flowlib", "nsf-coupling"): "`SplineCoupling(num_bins=8, bound=3)`: rational-quadratic spline on [-3, 3], "
     "identity tails, min bin width/height and derivative from `spline_defaults()`; last conditioner layer zero "
     "(identity at start)",
-    ("flowlib", "nsf-maf"): "`spline_maf(num_bins=8, bound=3)`: `SplineMAF` layers with a `Reverse` between them; "
-    "last MADE layer scaled by 1/sqrt(d)",
+    ("flowlib", "nsf-maf"): "`spline_maf(num_bins=8, bound=3)`: `SplineMAF` layers, reversed between layers "
+    "(folded into the MADE masks); last MADE layer scaled by 1/sqrt(d)",
     ("nflows", "nsf-coupling"): "`PiecewiseRationalQuadraticCouplingTransform(num_bins=8, tails='linear', "
     "tail_bound=3)`; its `MLP` with PyTorch's default init",
     ("nflows", "nsf-maf"): "`MaskedPiecewiseRationalQuadraticAutoregressiveTransform(num_bins=8, tails='linear', "

@@ -104,7 +104,10 @@ def test_scale_bound_limits_log_scale():
 @pytest.mark.parametrize("permutation", ["reverse", "random"])
 def test_builders(builder, permutation):
     flow = builder(3, num_layers=3, hidden=(16, 16), permutation=permutation, seed=0).double()
-    assert isinstance(flow, Flow) and len(flow.transform) == 5  # 3 layers + 2 permutations
+    if builder is iaf:
+        assert isinstance(flow, Flow) and len(flow.transform) == 5  # 3 layers + 2 permutations
+    else:  # maf: the permutations folded into the masks, plus one final permutation unless their product is 1
+        assert isinstance(flow, Flow) and len(flow.transform) in ((3,) if permutation == "reverse" else (3, 4))
     perturb(flow)
     x = data(d=3)
     check_transform(flow.transform, x)
@@ -218,3 +221,80 @@ def test_no_grad_path_makes_the_documented_made_passes(cls, n_forward, n_inverse
         calls.clear()
         layer.inverse(z)
     assert len(calls) == n_inverse
+
+
+# ---------------------------------------------------------------- permutations folded into the MADE masks
+
+
+def _unfolded(builder_cls, dim, num_layers, permutation, **kw):
+    """The stack that ``maf``/``spline_maf`` built before the fold: explicit permutation layers."""
+    from flowlib.transforms.autoregressive import _stack
+
+    return _stack(builder_cls, dim, num_layers, permutation, 0, **kw)
+
+
+FOLD_CASES = [(MAF, {}, 2, "reverse"), (MAF, {}, 3, "reverse"), (MAF, {}, 4, "random"),
+              (MAF, {"context_dim": 2}, 3, "reverse"), ("spline", {"num_bins": 4}, 2, "reverse"),
+              ("spline", {"num_bins": 4}, 3, "random")]
+
+
+@pytest.mark.parametrize("cls, kw, num_layers, permutation", FOLD_CASES)
+def test_folded_stack_is_the_unfolded_map(cls, kw, num_layers, permutation):
+    """``maf``/``spline_maf`` fold the permutations into the masks: for the same seed the folded model is the
+    same map as the stack with explicit permutations (forward, inverse, log-det, densities, samples), and the
+    folded layers' MADEs are still autoregressive (Jacobian triangular in their own, relabelled order)."""
+    from flowlib.transforms.autoregressive import FoldedStack, SplineMAF, spline_maf
+
+    cls = SplineMAF if cls == "spline" else cls
+    build = maf if cls is MAF else spline_maf
+    torch.manual_seed(0)
+    old = _unfolded(cls, D, num_layers, permutation, hidden=(16, 16), **kw)
+    torch.manual_seed(0)
+    new = build(D, num_layers=num_layers, hidden=(16, 16), permutation=permutation, seed=0, **kw)
+    assert isinstance(new.transform, FoldedStack)
+    assert not any(type(t).__name__ in ("Reverse",) for t in list(new.transform)[:num_layers])
+    assert torch.equal(new.transform[1].made.order, old.transform[2].made.order[torch.argsort(old.transform[1].perm)])
+    old, new = old.double(), new.double()
+    perturb(old)
+    new.load_state_dict(old.state_dict())  # an unfolded state dict: converted on load
+    x = data()
+    ctx = {} if "context_dim" not in kw else {"context": data(d=2, seed=4)}
+    assert torch.allclose(new.log_prob(x, **ctx), old.log_prob(x, **ctx), atol=1e-12)
+    z_old, ld_old = old.transform(x, **ctx)
+    z_new, ld_new = new.transform(x, **ctx)
+    assert torch.allclose(z_new, z_old, atol=1e-12) and torch.allclose(ld_new, ld_old, atol=1e-12)
+    x_old, _ = old.transform.inverse(z_old, **ctx)
+    x_new, _ = new.transform.inverse(z_old, **ctx)
+    assert torch.allclose(x_new, x_old, atol=1e-12) and torch.allclose(x_new, x, atol=1e-9)
+    with torch.no_grad():  # the no-grad fast paths too
+        assert torch.allclose(new.log_prob(x, **ctx), old.log_prob(x, **ctx), atol=1e-12)
+        assert torch.allclose(new.transform.inverse(z_old, **ctx)[0], x_old, atol=1e-12)
+    if not ctx:
+        check_transform(new.transform, x)  # exact inverse, log-det against autograd's Jacobian
+        for layer in list(new.transform)[:num_layers]:
+            J = per_sample_jacobian(lambda v, m=layer.made: m(v), x).reshape(x.shape[0], -1, D, D).abs().sum(dim=(0, 1))
+            o = layer.made.order
+            assert (J[~(o[None, :] < o[:, None])] == 0).all()
+
+
+@pytest.mark.parametrize("num_layers", [2, 5])
+def test_fresh_folded_maf_equals_the_unfolded_one(num_layers):
+    """The same seed builds the same model as before the fold (initialisation unchanged), whose own state dict
+    round-trips; a folded state dict is refused by an unfolded stack (the layouts differ)."""
+    torch.manual_seed(0)
+    old = _unfolded(MAF, 16, num_layers, "reverse", hidden=(32, 32))
+    torch.manual_seed(0)
+    new = maf(16, num_layers=num_layers, hidden=(32, 32))
+    x = data(n=64, d=16, dtype=torch.float32)
+    assert torch.allclose(new.log_prob(x), old.log_prob(x), atol=1e-5)
+    torch.manual_seed(2)
+    s_new = new.sample(8)
+    torch.manual_seed(2)
+    assert torch.allclose(s_new, old.sample(8), atol=1e-5)
+    buf = io.BytesIO()
+    torch.save(new.state_dict(), buf)
+    other = maf(16, num_layers=num_layers, hidden=(32, 32))
+    other.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
+    assert torch.equal(other.log_prob(x), new.log_prob(x))
+    with pytest.raises(RuntimeError):
+        old.load_state_dict(new.state_dict())

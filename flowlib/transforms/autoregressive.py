@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from flowlib._validate import check_int, check_positive
-from flowlib.transforms.base import Transform, _context_dim
+from flowlib.transforms.base import Compose, Transform, _context_dim
 
 __all__ = ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf", "SplineMAF", "SplineIAF", "spline_maf"]
 
@@ -164,6 +164,32 @@ class MADE(nn.Module):
             return F.linear(h, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
         d = self.dim
         return [F.linear(h, w[k * d : (k + 1) * d] * c, b[k * d : (k + 1) * d] * c) for k, c in enumerate(out_scale)]
+
+    def _relabel_state(self, state: dict, prefix: str, inv: torch.Tensor) -> dict:
+        """``state`` (a state dict holding this MADE's entries under ``prefix``) with the coordinates relabelled:
+        new coordinate ``j`` is old coordinate ``inv[j]``. The first layer's input columns, the last layer's
+        output rows (in each of the ``out_per_dim`` blocks) and ``order`` are reindexed, so that the relabelled
+        MADE computes ``out_new[:, k, j] = out_old[:, k, inv[j]]`` from ``x_new[:, j] = x_old[:, inv[j]]``: the
+        same network with its coordinates renamed (its masks stay autoregressive, in the relabelled order)."""
+        p, d = self.out_per_dim, self.dim
+        last = len(self.net) - 1
+        out = dict(state)
+        out[prefix + "order"] = state[prefix + "order"][inv]
+        for name in ("weight", "mask"):
+            out[f"{prefix}net.0.{name}"] = state[f"{prefix}net.0.{name}"][:, inv]
+            w = out[f"{prefix}net.{last}.{name}"]  # (the first layer's reindexed entry when there is one layer)
+            out[f"{prefix}net.{last}.{name}"] = w.reshape(p, d, -1)[:, inv].reshape(p * d, -1)
+        b = state[f"{prefix}net.{last}.bias"]
+        out[f"{prefix}net.{last}.bias"] = b.reshape(p, d)[:, inv].reshape(-1)
+        return out
+
+    def _relabel_(self, inv: torch.Tensor) -> None:
+        """In place: ``_relabel_state`` applied to this MADE's own parameters and buffers; degrees updated."""
+        with torch.no_grad():
+            self.load_state_dict(self._relabel_state(self.state_dict(), "", inv))
+        in_deg = self.order + 1
+        self.degrees[0] = in_deg
+        self.degrees[-1] = in_deg.repeat(self.out_per_dim)
 
     def masked_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(W * M, b), ...]`` of every layer, masks applied once (``F.linear(h, W * M, b)`` is exactly what
@@ -348,11 +374,10 @@ class IAF(MAF):
         return self._one_pass(z, context)
 
 
-def _stack(layer_cls, dim, num_layers, permutation, seed, **layer_kwargs):
+def _stack(layer_cls, dim, num_layers, permutation, seed, fold=False, **layer_kwargs):
     # imported lazily: distributions and permutations live in their own modules
     from flowlib.distributions import StandardNormal
     from flowlib.flow import Flow
-    from flowlib.transforms.base import Compose
     from flowlib.transforms.permutation import Permutation, Reverse
 
     dim = check_int(dim, "dim")
@@ -367,15 +392,85 @@ def _stack(layer_cls, dim, num_layers, permutation, seed, **layer_kwargs):
                 layers.append(Reverse(dim))
             else:
                 layers.append(Permutation(dim, seed=None if seed is None else seed + k))
-    return Flow(Compose(*layers), StandardNormal((dim,)))
+    return Flow(FoldedStack(layers) if fold else Compose(*layers), StandardNormal((dim,)))
+
+
+class FoldedStack(Compose):
+    """A stack of MADE layers (``MAF``, ``SplineMAF``) whose permutations are folded into the MADE masks.
+
+    Built from ``[A_1, P_1, A_2, P_2, ..., A_K]`` (autoregressive layers ``A_k``, ``Permutation``s ``P_k``; what
+    ``maf`` and ``spline_maf`` put together), it holds ``[A'_1, ..., A'_K]`` and, when the product of the
+    ``P_k`` is not the identity (``K`` even with ``Reverse``), one final ``Permutation``. It is **the same
+    map**, ``forward``, ``inverse`` and log-det, as the stack it was built from (a permutation has log-det 0).
+    With ``q_1`` the identity and ``q_{k+1} = q_k[P_k]`` (the coordinates that ``A_k`` saw: ``h_orig =
+    h[:, q_k]``), ``A'_k = Q_k^{-1} A_k Q_k`` is ``A_k`` with its coordinates relabelled
+    (``MADE._relabel_state``: first-layer columns, last-layer rows and ``order`` reindexed by
+    ``argsort(q_k)``; with ``Reverse`` every second layer runs in reversed order), and the final
+    ``Permutation(perm=q_K)`` puts the coordinates back. Hence the same samples (coordinate ``i`` is data
+    coordinate ``i``) and densities as the unfolded stack, without a copy of the batch between layers. Only
+    ``intermediates`` differ: the outputs of the layers inside are in the relabelled coordinates.
+
+    A state dict saved from the unfolded stack (``maf``/``spline_maf`` before this class: layers at indices
+    ``0, 2, 4, ...``, ``perm``/``inv_perm`` at ``1, 3, ...``) is converted when it is loaded.
+    """
+
+    def __init__(self, layers):
+        from flowlib.transforms.permutation import Permutation
+
+        self._num_layers = sum(not isinstance(t, Permutation) for t in layers)
+        folded, q = [], None
+        for layer in layers:
+            if isinstance(layer, Permutation):
+                q = layer.perm.clone() if q is None else q[layer.perm]
+                continue
+            if not isinstance(layer, (MAF, SplineMAF)):
+                raise ValueError(f"FoldedStack folds permutations into MAF/SplineMAF layers, not {type(layer)}")
+            if q is not None and not _is_identity(q):
+                layer.made._relabel_(torch.argsort(q))
+            folded.append(layer)
+        if q is not None and not _is_identity(q):
+            folded.append(Permutation(q.numel(), perm=q))
+        super().__init__(*folded)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        from flowlib.transforms.permutation import Permutation
+
+        K = self._num_layers
+        old = K > 1 and f"{prefix}transforms.1.perm" in state_dict and not isinstance(self.transforms[1], Permutation)
+        if old:  # the unfolded layout: A_k at index 2k, P_k at 2k + 1: rewrite it as this stack's own
+            tp, q = prefix + "transforms.", None
+            entries = {k: v for k, v in state_dict.items() if k.startswith(tp)}
+            for key in entries:
+                del state_dict[key]
+            for k in range(K):
+                src, dst = f"{tp}{2 * k}.", f"{tp}{k}."
+                layer = {dst + key[len(src):]: v for key, v in entries.items() if key.startswith(src)}
+                if q is not None and not _is_identity(q):
+                    layer = self.transforms[k].made._relabel_state(layer, dst + "made.", torch.argsort(q))
+                state_dict.update(layer)
+                if k < K - 1:
+                    perm = entries[f"{tp}{2 * k + 1}.perm"]
+                    q = perm.clone() if q is None else q[perm]
+            if q is not None and not _is_identity(q):
+                state_dict[f"{tp}{K}.perm"], state_dict[f"{tp}{K}.inv_perm"] = q, torch.argsort(q)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _is_identity(q):
+    return torch.equal(q, torch.arange(q.numel()))
 
 
 def maf(dim: int, num_layers: int = 5, hidden=(64, 64), scale_bound: float | None = 3.0,
         permutation: str = "reverse", seed: int | None = None, context_dim: int | None = None):
     """A MAF density model: ``num_layers`` MAF layers with a ``Reverse`` (or seeded random ``Permutation``)
     between consecutive layers, on a standard normal base. ``log_prob`` costs ``num_layers`` MADE passes;
-    ``sample`` costs ``num_layers * dim`` passes. ``context_dim``: a conditional model ``p(x | context)``."""
-    return _stack(MAF, dim, num_layers, permutation, seed, hidden=hidden, scale_bound=scale_bound,
+    ``sample`` costs ``num_layers * dim`` passes. ``context_dim``: a conditional model ``p(x | context)``.
+
+    The permutations are folded into the MADE masks (``FoldedStack``, as zuko does): with ``Reverse`` the
+    layers run in natural, reversed, natural, ... order, with a final ``Reverse`` only when ``num_layers`` is
+    even. The map, log-det, densities and samples (coordinate ``i`` is data coordinate ``i``) are those of the
+    stack with explicit permutations, for the same seed, without copying the batch between layers."""
+    return _stack(MAF, dim, num_layers, permutation, seed, fold=True, hidden=hidden, scale_bound=scale_bound,
                   context_dim=context_dim)
 
 
@@ -390,9 +485,10 @@ def iaf(dim: int, num_layers: int = 5, hidden=(64, 64), scale_bound: float | Non
 def spline_maf(dim: int, num_layers: int = 5, hidden=(64, 64), num_bins: int = 8, bound: float = 3.0,
                permutation: str = "reverse", seed: int | None = None, context_dim: int | None = None):
     """A neural spline flow (autoregressive): ``num_layers`` ``SplineMAF`` layers with a ``Reverse`` (or seeded
-    random ``Permutation``) between consecutive layers, on a standard normal base. Costs as ``maf``."""
-    return _stack(SplineMAF, dim, num_layers, permutation, seed, hidden=hidden, num_bins=num_bins, bound=bound,
-                  context_dim=context_dim)
+    random ``Permutation``) between consecutive layers, on a standard normal base. Costs as ``maf``; the
+    permutations are folded into the MADE masks as in ``maf`` (``FoldedStack``)."""
+    return _stack(SplineMAF, dim, num_layers, permutation, seed, fold=True, hidden=hidden, num_bins=num_bins,
+                  bound=bound, context_dim=context_dim)
 
 
 class SplineMAF(Transform):

@@ -425,9 +425,48 @@ class SplineCoupling(_Coupling):
                 "SplineCoupling needs a vector mask (d,) or a channel mask (c, 1, 1); a spatial mask such as "
                 "checkerboard_mask is not supported (use AffineCoupling for it)"
             )
+        n_b = self.n_features - self.n_a
+        # the last layer's rows in entry-major order (row i * (3K - 1) + j is parameter j of transformed entry i),
+        # for the no-grad path's view (not saved: the state dict keeps the conditioner's own layout)
+        order = torch.arange(self.num_params * n_b).view(self.num_params, n_b).t().reshape(-1)
+        self.register_buffer("_entry_major", order, persistent=False)
 
     def _params(self, chunks):
         return (torch.stack(chunks, dim=-1),)  # (..., n_b[, H, W], 3K - 1)
+
+    @property
+    def _fast(self) -> bool:
+        """Whether the no-grad fast path applies: vectors with flowlib's own ``MLP`` conditioner."""
+        return not self.image and type(self.conditioner) is MLP and not torch.is_grad_enabled()
+
+    def _fast_params(self, inputs):
+        """The conditioner's output as a ``(batch, n_b, 3K - 1)`` **view**, without autograd: the last layer's rows
+        taken in entry-major order (``_entry_major``), so that no copy of the parameters (``torch.stack`` of
+        ``3K - 1`` chunks) is needed; ``ReLU`` in place. The same numbers as ``_params`` (each output is the
+        same dot product)."""
+        *body, last = self.conditioner
+        h = inputs
+        for m in body:
+            h = h.relu_() if isinstance(m, nn.ReLU) and h is not inputs else m(h)
+        idx = self._entry_major
+        out = torch.nn.functional.linear(h, last.weight[idx], last.bias[idx])
+        return out.view(h.shape[0], -1, self.num_params)
+
+    def _forward(self, x, context=None):
+        if not self._fast:
+            return super()._forward(x, context)
+        x_a, x_b = self._split(x)
+        z_b, logdet = self._spline(x_b, (self._fast_params(x_a if context is None else torch.cat([x_a, context], 1)),),
+                                   False)
+        return self._merge(x_a, z_b), logdet
+
+    def _inverse(self, z, context=None):
+        if not self._fast:
+            return super()._inverse(z, context)
+        z_a, z_b = self._split(z)
+        x_b, logdet = self._spline(z_b, (self._fast_params(z_a if context is None else torch.cat([z_a, context], 1)),),
+                                   True)
+        return self._merge(z_a, x_b), logdet
 
     def _spline(self, v, params, inverse):
         from flowlib.transforms.splines import _rqs, _split_params
