@@ -43,7 +43,10 @@ NBVAL=(--nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeo
 second_pass() {
     if [ "${NBVAL_SECOND_PASS:-1}" != 0 ] && [ -n "$notebooks" ]; then
         stage "pytest: lecture notebooks again on the generic CPU path (ATEN_CPU_CAPABILITY=default)"
-        ATEN_CPU_CAPABILITY=default .venv/bin/python -m pytest $notebooks "${NBVAL[@]}" -q
+        # two workers (pytest-xdist; --dist loadfile keeps each notebook's cells, which share one kernel, in one
+        # worker): when the grading stream has finished first, this pass would otherwise leave a core idle
+        ATEN_CPU_CAPABILITY=default .venv/bin/python -m pytest $notebooks "${NBVAL[@]}" -q \
+            -n "${NBVAL_SECOND_PASS_WORKERS:-2}" --dist loadfile
         return $?
     fi
 }
