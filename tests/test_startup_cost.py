@@ -6,8 +6,9 @@ nbgrader, ``python -m course_tools``, jupyter-book, nbval). Two imports used to 
   ``scripts/setup_env.sh`` removes it; jsonschema then skips the "iri" formats, which no schema here uses.
 * ``nbgrader_config.py`` imports ``course_tools.grading`` in every nbgrader command; it imported the hidden checks
   and with them torch (another 1.5 s), which only ``autograde`` needs.
+* ``import flowlib`` imported torchdiffeq and with it scipy (~0.7 s) in every lecture notebook's kernel.
 
-Cost: three short interpreter starts (about 1 s).
+Cost: six short interpreter starts (a few seconds).
 """
 
 from __future__ import annotations
@@ -60,3 +61,16 @@ def test_the_hidden_checks_still_load_when_autograde_runs():
     )
     mods = _modules_after(code)
     assert "course_tools.hidden" in mods and "torch" in mods
+
+
+def test_importing_flowlib_leaves_the_ode_solver_for_later():
+    """``import flowlib`` (every lecture notebook's kernel, twice in `make test`) without torchdiffeq, which
+    imports scipy (~0.7 s of CPU); a CNF imports it when it first solves."""
+    assert not {"torchdiffeq", "scipy"} & _modules_after("import flowlib")
+    mods = _modules_after(
+        "import torch, flowlib\n"
+        "cnf = flowlib.transforms.cnf.CNF(2, hidden=(8,))\n"
+        "z, logdet = cnf(torch.randn(3, 2))\n"
+        "assert z.shape == (3, 2) and logdet.shape == (3,)\n"
+    )
+    assert "torchdiffeq" in mods
