@@ -27,7 +27,9 @@ import os
 
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from course_tools import hidden
+# course_tools.hidden (and with it torch, ~1.5 s of CPU) is imported by the two preprocessors when they run, not
+# here: nbgrader_config.py imports this module in every nbgrader process (generate, release, collect, feedback,
+# export), and only autograde needs the checks.
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "course_hidden"
@@ -41,6 +43,8 @@ class InstrumentHiddenChecks(NbGraderPreprocessor):
     """Before execution: every graded code cell with registered checks becomes a probe (plain data only)."""
 
     def preprocess(self, nb, resources):
+        from course_tools import hidden
+
         resources["course_original_notebook"] = copy.deepcopy(nb)  # the kernel's private copy is this one
         assignment = resources.get("nbgrader", {}).get("assignment", "")
         checks = hidden.load_checks(source_dir(assignment))
@@ -67,6 +71,8 @@ class JudgeHiddenChecks(NbGraderPreprocessor):
         state = resources.pop(KEY, None)
         if state is None:
             return nb, resources
+        from course_tools import hidden
+
         verdicts = hidden.judge(nb, state["checks"], state["nonce"], state["recorded"])
         hidden.apply_verdicts(nb, verdicts)
         for _, cell, gid in hidden.graded_code_cells(nb):

@@ -5,8 +5,9 @@
 #      (in stream b of 4. when the whole suite runs)
 #   4. pytest in two streams side by side, one per core:
 #      a. the grading pipeline (tests/test_grading*.py: one batch of generated submissions graded by
-#         `autograde --jobs 2`, feedback, export, the exchange), logged to _test_grading_log.txt and printed
-#         when it ends;
+#         `autograde --jobs 2`, feedback, export, the exchange), then the two-moons fits
+#         (tests/test_fit_two_moons.py, moved here to balance the streams once the grading got cheaper), logged
+#         to _test_grading_log.txt and printed when it ends;
 #      b. the PDF (as 3.), then everything else: flowlib tests, lecture notebooks re-executed by nbval (outputs
 #         compared after tests/nbval_sanitize.cfg), the hub, the built book in headless Chromium, the PDF checked;
 #         then nbval once more over the lecture notebooks on PyTorch's generic CPU path
@@ -43,7 +44,10 @@ NBVAL=(--nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeo
 second_pass() {
     if [ "${NBVAL_SECOND_PASS:-1}" != 0 ] && [ -n "$notebooks" ]; then
         stage "pytest: lecture notebooks again on the generic CPU path (ATEN_CPU_CAPABILITY=default)"
-        ATEN_CPU_CAPABILITY=default .venv/bin/python -m pytest $notebooks "${NBVAL[@]}" -q
+        # two workers (pytest-xdist; --dist loadfile keeps each notebook's cells, which share one kernel, in one
+        # worker): when the grading stream has finished first, this pass would otherwise leave a core idle
+        ATEN_CPU_CAPABILITY=default .venv/bin/python -m pytest $notebooks "${NBVAL[@]}" -q \
+            -n "${NBVAL_SECOND_PASS_WORKERS:-2}" --dist loadfile
         return $?
     fi
 }
@@ -59,7 +63,7 @@ if [ $# -gt 0 ]; then  # a selection: one pytest run, as before
     exit $rc
 fi
 
-grading=$(ls tests/test_grading*.py)
+grading="$(ls tests/test_grading*.py) tests/test_fit_two_moons.py"
 stage "pytest stream a (in the background, log: _test_grading_log.txt): $(echo $grading)"
 ( .venv/bin/python -m pytest $grading -p no:cacheprovider --durations=10 > _test_grading_log.txt 2>&1 ) &
 pid_a=$!

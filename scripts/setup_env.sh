@@ -36,6 +36,14 @@ if [ "$(sed -n 2p "$stamp")" != "$pkg_fp" ]; then
     "$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e .
     printf '%s\n%s\n' "$lock_fp" "$pkg_fp" > "$stamp"
 fi
+# rfc3987-syntax comes in through jupyter-events (jsonschema[format-nongpl]) and builds an Earley parser for
+# RFC 3987 when jsonschema imports it, i.e. in every process that imports nbformat: about 1.5 s of CPU each
+# (every nbgrader, course_tools, jupyter-book and nbval run; over a hundred in `make test`). Nothing here
+# validates the "iri" formats it serves; without it jsonschema skips them. tests/test_startup_cost.py checks.
+if [ -d "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/rfc3987_syntax" ]; then
+    log "removing rfc3987-syntax (1.5 s of CPU in every process that imports nbformat)"
+    "$VENV/bin/pip" uninstall --quiet --yes rfc3987-syntax
+fi
 log "$VENV is ready"
 
 # ---- MathJax, served from the built site (no CDN) -----------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchdiffeq import odeint, odeint_adjoint
 
 from flowlib._validate import check_int, check_positive
 from flowlib.transforms.autoregressive import _check_hidden
@@ -116,6 +115,10 @@ class CNF(Transform):
                 e = torch.randn(h.shape, generator=self.generator).to(h)
             self.odefunc.noise = e
         t = torch.tensor([t_start, t_end], dtype=h.dtype, device=h.device)
+        # imported here, not with the module: torchdiffeq brings scipy (~0.7 s of CPU at every `import flowlib`,
+        # i.e. in every lecture notebook's kernel, twice in `make test`)
+        from torchdiffeq import odeint, odeint_adjoint
+
         solve = odeint_adjoint if self.adjoint else odeint
         z, logdet = solve(self.odefunc, (h, h.new_zeros(h.shape[0])), t, rtol=self.rtol, atol=self.atol,
                           method=self.solver, options=self.options)
