@@ -41,7 +41,7 @@ lock:            ## re-resolve requirements/requirements.in into requirements/lo
 	@scripts/lock.sh
 
 bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see benchmarks/README.md)
-	bash benchmarks/setup_bench_env.sh && .venv-bench/bin/python benchmarks/flows.py
+	bash benchmarks/setup_bench_env.sh && mkdir -p artifacts && .venv-bench/bin/python benchmarks/flows.py --json artifacts/bench.json
 
 bench-grading: system  ## autograde 50 generated submissions and time it
 	$(PY) benchmarks/autograde.py

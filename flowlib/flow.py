@@ -92,10 +92,14 @@ class Flow(nn.Module):
         """Without autograd, a large batch of wide vectors (``d >= 16``) through a stack of row-wise layers
         (couplings, autoregressive layers, permutations) goes through in blocks of ``block_rows`` rows: each
         block's activations stay in the CPU cache, which cut the time of ``log_prob`` and ``sample`` of 10,000
-        8x8 digits by a quarter (``benchmarks/RESULTS.md``). The rows do not interact, so the result is the
-        same; ``None`` where blocking does not apply."""
+        8x8 digits by a quarter (``benchmarks/RESULTS.md``). Only with one intra-op thread: with two, each thread
+        already works on half of the rows, and blocks only make every kernel smaller (blocks of 2048 rows cost
+        digits RealNVP 15-25 % at 2 threads, measured in ``benchmarks/RESULTS.md``). The rows do not interact,
+        so the result is the same; ``None`` where blocking does not apply."""
         rows = self.block_rows
         if rows is None or torch.is_grad_enabled() or x.dim() != 2 or x.shape[1] < 16 or x.shape[0] < 2 * rows:
+            return None
+        if torch.get_num_threads() > 1:
             return None
         if not _rowwise(self.transform):
             return None

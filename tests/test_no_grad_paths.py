@@ -1,6 +1,8 @@
 """The no-grad fast paths of ``AffineCoupling`` (``Flow.log_prob`` and ``sample`` under ``torch.no_grad()``) compute
 exactly what the autograd path computes, and are taken where they apply."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -59,6 +61,17 @@ def test_realnvp_log_prob_and_sample_same_with_and_without_grad():
     assert torch.allclose(s.detach(), s_fast, rtol=0, atol=1e-12)
 
 
+@contextlib.contextmanager
+def _threads(n):
+    """``torch.set_num_threads(n)`` inside the block, the previous count restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("builder", ["realnvp", "maf", "iaf"])
 def test_blocked_no_grad_log_prob_and_sample_equal_the_whole_batch(builder):
     """``Flow`` evaluates large no-grad batches of wide vectors in blocks of ``block_rows`` rows (cache-sized); the
@@ -70,7 +83,7 @@ def test_blocked_no_grad_log_prob_and_sample_equal_the_whole_batch(builder):
     flow = perturb_parameters(make(), scale=0.2).double()
     x = _data(16, n=50)
     flow.block_rows = 8
-    with torch.no_grad():
+    with torch.no_grad(), _threads(1):
         assert flow._blocks(x) is not None and len(flow._blocks(x)) == 7
         lp = flow.log_prob(x)
         torch.manual_seed(3)
@@ -92,7 +105,9 @@ def test_no_blocks_with_autograd_narrow_data_or_stateful_layers():
     flow = realnvp(16, num_layers=2, hidden=(8,))
     x = torch.randn(5000, 16)
     assert flow._blocks(x) is None  # autograd on
-    with torch.no_grad():
+    with torch.no_grad(), _threads(2):
+        assert flow._blocks(x) is None  # two intra-op threads: each already takes half of the rows
+    with torch.no_grad(), _threads(1):
         assert flow._blocks(x) is not None
         assert realnvp(2)._blocks(torch.randn(5000, 2)) is None  # narrow: no gain measured
         assert Flow([ActNorm(16)], StandardNormal(16))._blocks(x) is None  # data-dependent initialisation

@@ -214,6 +214,23 @@ def test_no_grad_sequential_path_equals_the_autograd_path(cls):
     assert (a - b).abs().max() < 1e-12 and (la - lb).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("cls", [SplineMAF, SplineIAF])
+def test_no_grad_one_pass_equals_the_autograd_path(cls):
+    """Without autograd the one-pass direction reads the MADE's output entry-major (``MADE(entry_major=True)``,
+    no transposed copy): the same numbers as the autograd path, which reshapes and transposes."""
+    layer = perturb_parameters(cls(5, (16, 16), num_bins=K, bound=B, order="random", seed=2), 0.5).double()
+    v = layer_data(layer, n=9)
+    a, la = layer._one_pass(v)
+    with torch.no_grad():
+        b, lb = layer._one_pass(v)
+        made = layer.made(v, entry_major=True)
+        assert made.is_contiguous() and made.shape == (9, 5, 3 * K - 1)
+        assert torch.allclose(made, layer.made(v).transpose(1, 2), rtol=0, atol=1e-12)
+    assert (a - b).abs().max() < 1e-12 and (la - lb).abs().max() < 1e-12
+    with pytest.raises(RuntimeError, match="no-grad"):
+        layer.made(v, entry_major=True)
+
+
 def _grid_mass(flow, L=9.0, n=500):
     t = torch.linspace(-L, L, n + 1, dtype=f64)
     mid = (t[1:] + t[:-1]) / 2

@@ -125,8 +125,8 @@ class MADE(nn.Module):
         self.net = nn.Sequential(*layers)
         self.context = None if self.context_dim is None else nn.Linear(self.context_dim, self.hidden[0])
 
-    def forward(self, x: torch.Tensor, out_scale=None, cache=None, context=None):
-        """One pass, ``(batch, out_per_dim, dim)``. Two internal options of MAF's and IAF's no-grad paths:
+    def forward(self, x: torch.Tensor, out_scale=None, cache=None, context=None, entry_major: bool = False):
+        """One pass, ``(batch, out_per_dim, dim)``. Internal options of the no-grad paths of MAF, IAF and SplineMAF:
 
         * ``out_scale`` (shape ``(out_per_dim,)``): returns the ``out_per_dim`` parameters as separate, contiguous
           ``(batch, dim)`` tensors (elementwise kernels on them vectorise, unlike on strided views), parameter
@@ -137,29 +137,46 @@ class MADE(nn.Module):
           first layer's pre-activation instead of a matrix product), and only the ``out_per_dim`` outputs of
           the next coordinate in the ordering are computed: shape ``(batch, out_per_dim)``.
 
+        * ``entry_major=True`` (without autograd): the same numbers as a contiguous ``(batch, dim, out_per_dim)``
+          tensor, ``out[:, i, k]`` parameter ``k`` of coordinate ``i``: the last layer's rows are taken in that
+          order, so a consumer that needs the parameters of each coordinate together (a spline) gets them without
+          a transposed copy of the whole output.
+
         ``context`` (``(batch, context_dim)``, conditional MADEs only) is added to the first hidden layer's
         pre-activation through ``self.context`` (a cached pass took it when the cache was made).
         """
         if cache is not None:
             return cache.step(x)
+        if entry_major and torch.is_grad_enabled():
+            raise RuntimeError("MADE(entry_major=True) is a no-grad path; call it under torch.no_grad()")
         if context is not None:
-            return self._forward_context(x, context, out_scale)
+            return self._forward_context(x, context, out_scale, entry_major)
         if torch.is_grad_enabled() and out_scale is None:
             return self.net(x).reshape(x.shape[0], self.out_per_dim, self.dim)
         *hidden, (w, b) = self.masked_params()
         for wh, bh in hidden:  # no autograd: ReLU in place
             x = F.linear(x, wh, bh).relu_()
+        if entry_major:
+            return self._entry_major_out(x, w, b)
         if out_scale is None:
             return F.linear(x, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
         d = self.dim
         return [F.linear(x, w[k * d : (k + 1) * d] * c, b[k * d : (k + 1) * d] * c) for k, c in enumerate(out_scale)]
 
-    def _forward_context(self, x, context, out_scale):
+    def _entry_major_out(self, h, w, b):
+        """The last layer with its rows in entry-major order: ``(batch, dim, out_per_dim)``, contiguous."""
+        p, d = self.out_per_dim, self.dim
+        idx = torch.arange(p * d, device=w.device).view(p, d).t().reshape(-1)
+        return F.linear(h, w[idx], b[idx]).view(h.shape[0], d, p)
+
+    def _forward_context(self, x, context, out_scale, entry_major=False):
         """A conditional pass: the first hidden layer also receives ``self.context(context)``."""
         (w1, b1), *rest, (w, b) = self.masked_params()
         h = (F.linear(x, w1, b1) + self.context(context)).relu()
         for wh, bh in rest:
             h = F.linear(h, wh, bh).relu()
+        if entry_major:
+            return self._entry_major_out(h, w, b)
         if out_scale is None:
             return F.linear(h, w, b).reshape(x.shape[0], self.out_per_dim, self.dim)
         d = self.dim
@@ -539,8 +556,16 @@ class SplineMAF(Transform):
         return _rqs(v, *_split_params(params.transpose(1, 2), self.num_bins), self.bound, inverse)
 
     def _one_pass(self, h, context=None):
-        """``(g(h; theta(h)), sum_i log g')``: one MADE pass (SplineMAF's map, SplineIAF's inverse)."""
-        out, ld = self._spline(h, self.made(h, context=context), False)
+        """``(g(h; theta(h)), sum_i log g')``: one MADE pass (SplineMAF's map, SplineIAF's inverse). Without
+        autograd the MADE returns its output entry-major (``(batch, d, 3K - 1)``, contiguous: the same numbers
+        without the transposed copy that the softmax over each coordinate's parameters would otherwise make)."""
+        if torch.is_grad_enabled():
+            out, ld = self._spline(h, self.made(h, context=context), False)
+        else:
+            from flowlib.transforms.splines import _rqs, _split_params
+
+            p = self.made(h, context=context, entry_major=True)
+            out, ld = _rqs(h, *_split_params(p, self.num_bins), self.bound, False)
         return out, ld.sum(dim=1)
 
     def _sequential(self, y, context=None):

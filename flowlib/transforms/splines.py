@@ -149,18 +149,17 @@ def _knots(raw, bound, minimum):
     K = raw.shape[-1]
     frac = minimum + (1 - minimum * K) * torch.softmax(raw, dim=-1)
     knots = F.pad(torch.cumsum(frac, dim=-1), (1, 0)) * (2 * bound) - bound
-    # the ends exactly at -B and B (the cumulative sum may miss 1 by a rounding error)
-    knots = torch.cat([knots.new_full((*knots.shape[:-1], 1), -bound), knots[..., 1:-1],
-                       knots.new_full((*knots.shape[:-1], 1), bound)], dim=-1)
+    # the ends exactly at -B and B (the cumulative sum may miss 1 by a rounding error); in place: no copy of
+    # the knots (a constant written into a fresh tensor, so autograd gives those entries zero gradient)
+    knots[..., 0] = -bound
+    knots[..., -1] = bound
     return knots, knots[..., 1:] - knots[..., :-1]
 
 
 def _slopes(raw, min_derivative):
     """Slopes at all ``K + 1`` knots: 1 at both ends, ``min_d + softplus(raw + c)`` inside (1 at ``raw = 0``)."""
     shift = math.log(math.expm1(1.0 - min_derivative))
-    inner = min_derivative + F.softplus(raw + shift)
-    one = inner.new_ones((*inner.shape[:-1], 1))
-    return torch.cat([one, inner, one], dim=-1)
+    return F.pad(min_derivative + F.softplus(raw + shift), (1, 1), value=1.0)
 
 
 def spline_defaults() -> tuple[float, float, float]:
