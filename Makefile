@@ -8,7 +8,7 @@ BIN   := .venv/bin
 ENV_STAMP := .venv/.setup-stamp
 
 .PHONY: help env system book book-strict pdf test test-unit test-notebooks test-book test-grading lint \
-        refresh student-versions lock bench bench-grading train-ch05-toys train-ch06 train-ch07 release collect autograde feedback grades clean
+        refresh student-versions lock bench bench-budget bench-grading train-ch05-toys train-ch06 train-ch07 release collect autograde feedback grades clean
 
 help:            ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | expand -t 18
@@ -42,6 +42,11 @@ lock:            ## re-resolve requirements/requirements.in into requirements/lo
 
 bench: env       ## flowlib vs normflows/nflows/zuko (separate .venv-bench; see benchmarks/README.md)
 	bash benchmarks/setup_bench_env.sh && mkdir -p artifacts && .venv-bench/bin/python benchmarks/flows.py --json artifacts/bench.json
+
+bench-budget: env  ## digits at 2000 steps: does the 300-step ranking of RESULTS.md survive a longer budget?
+	bash benchmarks/setup_bench_env.sh && mkdir -p artifacts && .venv-bench/bin/python benchmarks/flows.py \
+	  --skip-speed --datasets digits --archs realnvp maf --steps 2000 --val-every 100 --patience 3 \
+	  --json artifacts/bench_budget.json --out benchmarks/RESULTS_budget.md
 
 bench-grading: system  ## autograde 50 generated submissions and time it
 	$(PY) benchmarks/autograde.py
