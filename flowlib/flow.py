@@ -94,15 +94,17 @@ class Flow(nn.Module):
         block's activations stay in the CPU cache, which cut the time of ``log_prob`` and ``sample`` of 10,000
         8x8 digits by a quarter (``benchmarks/RESULTS.md``). Only with one intra-op thread: with two, each thread
         already works on half of the rows, and blocks only make every kernel smaller (blocks of 2048 rows cost
-        digits RealNVP 15-25 % at 2 threads, measured in ``benchmarks/RESULTS.md``). The rows do not interact,
+        digits RealNVP 15-25 % at 2 threads, measured in ``benchmarks/RESULTS.md``). Nor for a stack that runs in
+        place (``Compose._run_in_place_all``: RealNVP), which allocates nothing per layer. The rows do not interact,
         so the result is the same; ``None`` where blocking does not apply."""
         rows = self.block_rows
         if rows is None or torch.is_grad_enabled() or x.dim() != 2 or x.shape[1] < 16 or x.shape[0] < 2 * rows:
             return None
         if torch.get_num_threads() > 1:
             return None
-        if not _rowwise(self.transform):
-            return None
+        if not _rowwise(self.transform) or (
+                isinstance(self.transform, Compose) and all(t._in_place for t in self.transform.transforms)):
+            return None  # a stack that runs in place allocates nothing per layer: blocks only add kernels
         return x.split(rows)
 
     def forward(self, x, context=None):

@@ -104,6 +104,17 @@ class Transform(nn.Module):
     def _inverse(self, z):  # pragma: no cover - interface
         raise NoAnalyticInverse(f"{type(self).__name__} has no inverse")
 
+    #: Whether the layer can overwrite its input with its output (``_run_in_place``); ``Compose`` uses it
+    #: without autograd when every layer can (see ``Compose._run``).
+    @property
+    def _in_place(self) -> bool:
+        return False
+
+    def _run_in_place(self, h: torch.Tensor, inverse: bool, context=None) -> torch.Tensor:  # pragma: no cover
+        """No autograd only: overwrite ``h`` (a tensor the caller owns) with ``_forward(h)[0]`` (``inverse=False``)
+        or ``_inverse(h)[0]`` and return the log-det. Only layers whose ``_in_place`` is true implement it."""
+        raise NotImplementedError
+
 
 def _context_dim(value) -> int | None:
     """``None`` or an integer ``>= 1``: the ``context_dim`` argument of the conditional layers."""
@@ -196,6 +207,8 @@ class Compose(Transform):
 
     @staticmethod
     def _run(h, layers, method, return_intermediates, context=None):
+        if not return_intermediates and not torch.is_grad_enabled() and all(t._in_place for t in layers):
+            return Compose._run_in_place_all(h, layers, method == "_inverse", context)
         logdet = None
         hs = [h]
         for t in layers:
@@ -210,6 +223,22 @@ class Compose(Transform):
         if logdet is None:
             logdet = h.new_zeros(h.shape[0])
         return (h, logdet, hs) if return_intermediates else (h, logdet)
+
+    @staticmethod
+    def _run_in_place_all(h, layers, inverse, context=None):
+        """Without autograd, a stack of layers that can all work in place (vector affine couplings with a half
+        split: ``realnvp``) runs on one copy of the input: each layer overwrites its transformed half, so no
+        layer allocates and concatenates a new batch (``torch.cat`` of the two halves was the largest copy of
+        RealNVP's ``log_prob``: ``benchmarks/RESULTS.md``). The same arithmetic as ``_forward``/``_inverse``."""
+        h = h.clone()
+        logdet = None
+        for t in layers:
+            ld = t._run_in_place(h, inverse, None if t.context_dim is None else context)
+            if not t.volume_preserving:
+                logdet = ld if logdet is None else logdet.add_(ld)
+        if logdet is None:
+            logdet = h.new_zeros(h.shape[0])
+        return h, logdet
 
 
 class InverseTransform(Transform):
