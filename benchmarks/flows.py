@@ -17,7 +17,8 @@ What is compared, per dataset x architecture x library:
   offset included, ``flowlib.metrics.bits_per_dim``).
 * speed (``speed``): per (dataset, architecture) and thread count (1 and 2), interleaved rounds; every round
   times each library's training step (median of ``--speed-steps``), ``log_prob`` and ``sample`` of 10,000
-  points; reported as flowlib / fastest peer, the median of the per-round ratios.
+  points (best of ``--eval-repeats`` back-to-back calls); reported as flowlib / fastest peer, the median of the
+  per-round ratios.
 * likelihood (``bench_one``): same seed, same batches and dequantisation noise, Adam(lr=1e-3), batch 512,
   ``--steps`` steps, libraries interleaved in chunks; the final model and the early-stopped one (patience on
   the validation split) are tested; seeds 0-9, and the report gives paired differences flowlib - library
@@ -622,8 +623,11 @@ SLOW_SAMPLE_ROWS = (("digits", "maf"), ("digits", "nsf-maf"))  # 64 sequential p
 def speed(args, log):
     """Speed rows: for every (dataset, architecture) and thread count, ``--speed-rounds`` interleaved rounds;
     in each round every library (order rotated) runs ``--speed-steps`` training steps (zero_grad + log_prob +
-    backward + Adam step, batch ``--batch``; the round's value is their median), one ``log_prob`` and one
-    ``sample`` of 10,000 points under ``torch.no_grad()``. One untimed warm-up round first. Returns
+    backward + Adam step, batch ``--batch``; the round's value is their median), then ``log_prob`` and
+    ``sample`` of 10,000 points under ``torch.no_grad()``, each the best of ``--eval-repeats`` back-to-back calls
+    (a call of 10-60 ms on a shared virtual machine is often stretched by a stall of the host; the best of a few
+    calls measures the library, the median over rounds then the typical state of the machine). One untimed
+    warm-up round first. Returns
     ``{(dataset, arch, threads): {lib: {"train": [...], "log_prob": [...], "sample": [...]}}}`` (seconds per
     round)."""
     out = {}
@@ -648,23 +652,27 @@ def speed(args, log):
                             (-m.log_prob(x).mean()).backward()
                             r.opt.step()
                             steps.append(time.perf_counter() - t0)
+                        t_lp, t_s = math.inf, math.inf
                         with torch.no_grad():
-                            t0 = time.perf_counter()
-                            m.log_prob(x_eval)
-                            t1 = time.perf_counter()
-                            m.sample(n_sample)
-                            t2 = time.perf_counter()
+                            for _ in range(args.eval_repeats):
+                                t0 = time.perf_counter()
+                                m.log_prob(x_eval)
+                                t_lp = min(t_lp, time.perf_counter() - t0)
+                            for _ in range(args.eval_repeats):
+                                t0 = time.perf_counter()
+                                m.sample(n_sample)
+                                t_s = min(t_s, time.perf_counter() - t0)
                         if rnd:  # round 0 warms up
                             times[r.lib]["train"].append(statistics.median(steps))
-                            times[r.lib]["log_prob"].append(t1 - t0)
-                            times[r.lib]["sample"].append(t2 - t1)
+                            times[r.lib]["log_prob"].append(t_lp)
+                            times[r.lib]["sample"].append(t_s)
                 out[(dataset, arch, threads)] = times
                 if args.json:  # every finished row at once: an interrupted run keeps what it measured
                     with open(args.json + ".speed.json", "w") as fh:
                         json.dump({"speed": {f"{d}/{a}/{t}": v for (d, a, t), v in out.items()},
                                    "args": {k: getattr(args, k) for k in ("batch", "libs", "archs", "speed_rounds",
                                                                           "speed_steps", "speed_threads",
-                                                                          "slow_sample_n")}}, fh)
+                                                                          "slow_sample_n", "eval_repeats")}}, fh)
                 log(f"speed {dataset}/{arch}, {threads} thread(s): " + ", ".join(
                     f"{lib} {1e3 * _med(t['train']):.2f} ms/step, log_prob {1e3 * _med(t['log_prob']):.1f} ms, "
                     f"sample {1e3 * _med(t['sample']):.1f} ms" for lib, t in times.items()))
@@ -829,10 +837,11 @@ def write_report(path, results, speed_res, args, meta):
         w(f"- Speed: {args.speed_rounds} interleaved rounds (plus one untimed warm-up round) per row and thread "
           f"count (`torch.set_num_threads`: {', '.join(map(str, args.speed_threads))}); in every round each "
           f"library, in rotated order, runs {args.speed_steps} training steps (zero_grad + log_prob + backward + "
-          f"Adam step, batch {args.batch}; the round's value is their median), one `log_prob` and one `sample` of "
+          f"Adam step, batch {args.batch}; the round's value is their median), then `log_prob` and `sample` of "
           f"10,000 points (`torch.no_grad()`; `sample` of {args.slow_sample_n:,} points on the digits MAF and "
           "spline-MAF rows, whose "
-          "samplers make 64 sequential passes per layer). Ratio = flowlib / fastest peer (the peer with the "
+          f"samplers make 64 sequential passes per layer), each the best of {getattr(args, 'eval_repeats', 1)} "
+          "back-to-back calls. Ratio = flowlib / fastest peer (the peer with the "
           "smallest median over rounds), the median of the per-round ratios, [min, max] over rounds.")
     if results:
         w(f"- Likelihood: {args.steps} Adam steps (lr {args.lr}), batch {args.batch}, seeds {args.seeds} (the same "
@@ -994,6 +1003,8 @@ def main(argv=None):
     p.add_argument("--speed-threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--speed-rounds", type=int, default=7)
     p.add_argument("--speed-steps", type=int, default=10, help="training steps per library per speed round")
+    p.add_argument("--eval-repeats", type=int, default=3,
+                   help="back-to-back log_prob and sample calls per library per speed round; the round keeps the best")
     p.add_argument("--slow-sample-n", type=int, default=1_000,
                    help="points per sample() call on the digits MAF and spline-MAF rows (d = 64 sequential "
                         "passes per layer)")
@@ -1051,6 +1062,8 @@ def main(argv=None):
         if path in jsonl:
             continue
         saved = _load_json(path)
+        if saved.get("speed") and "eval_repeats" not in saved.get("args", {}):
+            args.eval_repeats = 1  # saved before --eval-repeats: one call per round
         for k, v in saved.get("args", {}).items():  # the protocol of the saved part, for the report
             setattr(args, k, v)
         commands.update(saved.get("commands", {}))
@@ -1119,7 +1132,7 @@ def main(argv=None):
     if not args.from_json:
         keep = ["batch", "libs", "archs"]
         if speed_res:
-            keep += ["speed_rounds", "speed_steps", "speed_threads", "slow_sample_n"]
+            keep += ["speed_rounds", "speed_steps", "speed_threads", "slow_sample_n", "eval_repeats"]
             commands["speed"] = command
         if results:
             keep += ["steps", "seeds", "lr", "chunk", "val_every", "patience", "jobs", "threads", "datasets",

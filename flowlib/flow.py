@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from flowlib._validate import check_context, check_dtype, check_int, check_tensor
+from flowlib._workspace import workspace
 from flowlib.transforms.base import Compose, Transform
 
 __all__ = ["Flow"]
+
+
+def _in_workspace(method):
+    """Without autograd, run ``method`` inside one ``flowlib._workspace.workspace()``: the hidden layers of every
+    conditioner (and every row block) of the call reuse the same buffers."""
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return method(*args, **kwargs)
+        with workspace():
+            return method(*args, **kwargs)
+
+    return wrapped
 
 
 class Flow(nn.Module):
@@ -55,6 +72,7 @@ class Flow(nn.Module):
     #: ``_blocks``); ``None`` switches the blocking off.
     block_rows: int | None = 2048
 
+    @_in_workspace
     def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample log-density in nats, shape ``(batch,)``: equation (1). A conditional flow needs
         ``context`` of shape ``(batch, context_dim)`` (one context per row of ``x``)."""
@@ -110,6 +128,7 @@ class Flow(nn.Module):
     def forward(self, x, context=None):
         return self.log_prob(x, context)
 
+    @_in_workspace
     def sample(self, n: int, context: torch.Tensor | None = None) -> torch.Tensor:
         """Draw ``n`` samples: ``z ~ p_Z``, ``x = f^{-1}(z)``. A conditional flow needs ``context``: shape
         ``(n, context_dim)`` (one context per sample) or ``(context_dim,)`` (``n`` samples of one context)."""
@@ -130,6 +149,7 @@ class Flow(nn.Module):
         x, _ = self.transform._inverse(z)  # z comes from the base: already well formed
         return x
 
+    @_in_workspace
     def sample_with_log_prob(self, n: int, context: torch.Tensor | None = None):
         """Samples and their log-densities in one pass: ``log p_X(x) = log p_Z(z) - log|det J_{f^{-1}}(z)|``.
         ``context`` as in ``sample``."""

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from flowlib._validate import check_int, check_positive
+from flowlib._workspace import linear_relu
 from flowlib.transforms.base import Compose, Transform, _context_dim
 
 __all__ = ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf", "SplineMAF", "SplineIAF", "spline_maf"]
@@ -154,8 +155,8 @@ class MADE(nn.Module):
         if torch.is_grad_enabled() and out_scale is None:
             return self.net(x).reshape(x.shape[0], self.out_per_dim, self.dim)
         *hidden, (w, b) = self.masked_params()
-        for wh, bh in hidden:  # no autograd: ReLU in place
-            x = F.linear(x, wh, bh).relu_()
+        for k, (wh, bh) in enumerate(hidden):  # no autograd: ReLU in place, into the call's workspace
+            x = linear_relu(x, wh, bh, k)
         if entry_major:
             return self._entry_major_out(x, w, b)
         if out_scale is None:
@@ -172,9 +173,14 @@ class MADE(nn.Module):
     def _forward_context(self, x, context, out_scale, entry_major=False):
         """A conditional pass: the first hidden layer also receives ``self.context(context)``."""
         (w1, b1), *rest, (w, b) = self.masked_params()
-        h = (F.linear(x, w1, b1) + self.context(context)).relu()
-        for wh, bh in rest:
-            h = F.linear(h, wh, bh).relu()
+        if torch.is_grad_enabled():
+            h = (F.linear(x, w1, b1) + self.context(context)).relu()
+            for wh, bh in rest:
+                h = F.linear(h, wh, bh).relu()
+        else:
+            h = (F.linear(x, w1, b1) + self.context(context)).relu_()
+            for k, (wh, bh) in enumerate(rest, start=1):
+                h = linear_relu(h, wh, bh, k)
         if entry_major:
             return self._entry_major_out(h, w, b)
         if out_scale is None:
@@ -249,8 +255,8 @@ class _SequentialCache:
             else:
                 self.pre.addr_(x[:, prev], self.w1[:, prev])
             a = self.pre.relu()
-        for w, b in self.rest:
-            a = F.linear(a, w, b).relu_()
+        for j, (w, b) in enumerate(self.rest, start=1):
+            a = linear_relu(a, w, b, j)
         i = order[k]
         self.k += 1
         return F.linear(a, self.w_out[i], self.b_out[i])
@@ -269,7 +275,8 @@ class MAF(Transform):
       MADE passes (pass ``k`` fixes the ``k``-th coordinate of the ordering). Without autograd
       (``torch.no_grad()``: evaluation, sampling) the same arithmetic runs on a faster path: masks applied
       once per call, the bound computed as ``2B sigmoid(2r/B) - B`` (the same function as ``B tanh(r/B)``, a
-      cheaper kernel) with ``2/B`` folded into the last layer, in-place kernels; each sequential pass
+      cheaper kernel) with ``2/B`` folded into the last layer, in-place kernels, hidden activations written into
+      buffers that the whole call reuses (``flowlib._workspace``); each sequential pass
       updates the first layer with its one new coordinate (rank 1) and computes only that coordinate's two
       outputs, so a pass costs about one hidden-layer product instead of a whole MADE.
 

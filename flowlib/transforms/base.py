@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from flowlib._validate import check_context, check_dtype, check_int, check_tensor
+from flowlib._workspace import workspace
 
 __all__ = ["Transform", "Compose", "InverseTransform", "NoAnalyticInverse"]
 
@@ -207,8 +208,15 @@ class Compose(Transform):
 
     @staticmethod
     def _run(h, layers, method, return_intermediates, context=None):
-        if not return_intermediates and not torch.is_grad_enabled() and all(t._in_place for t in layers):
-            return Compose._run_in_place_all(h, layers, method == "_inverse", context)
+        if torch.is_grad_enabled():
+            return Compose._run_layers(h, layers, method, return_intermediates, context)
+        with workspace():  # no autograd: the conditioners' hidden layers reuse one call's buffers
+            if not return_intermediates and all(t._in_place for t in layers):
+                return Compose._run_in_place_all(h, layers, method == "_inverse", context)
+            return Compose._run_layers(h, layers, method, return_intermediates, context)
+
+    @staticmethod
+    def _run_layers(h, layers, method, return_intermediates, context=None):
         logdet = None
         hs = [h]
         for t in layers:

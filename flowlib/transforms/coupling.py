@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from flowlib._validate import check_int, check_positive
+from flowlib._workspace import mlp_body
 from flowlib.transforms.base import Transform, _context_dim, _sum_except_batch
 
 __all__ = [
@@ -387,9 +388,7 @@ class AffineCoupling(_Coupling):
         (``tanh(v) = 2 sigmoid(2v) - 1``) at a third of the cost (PyTorch's CPU ``tanh`` is not vectorised
         like its ``sigmoid``)."""
         *body, last = self.conditioner
-        h = x_a
-        for m in body:
-            h = h.relu_() if isinstance(m, nn.ReLU) and h is not x_a else m(h)
+        h = mlp_body(body, x_a)
         n = last.out_features // 2
         w, b, bound = last.weight, last.bias, self.scale_bound
         c = 2.0 / bound
@@ -464,9 +463,7 @@ class SplineCoupling(_Coupling):
         ``3K - 1`` chunks) is needed; ``ReLU`` in place. The same numbers as ``_params`` (each output is the
         same dot product)."""
         *body, last = self.conditioner
-        h = inputs
-        for m in body:
-            h = h.relu_() if isinstance(m, nn.ReLU) and h is not inputs else m(h)
+        h = mlp_body(body, inputs)
         idx = self._entry_major
         out = torch.nn.functional.linear(h, last.weight[idx], last.bias[idx])
         return out.view(h.shape[0], -1, self.num_params)
