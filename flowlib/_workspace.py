@@ -68,3 +68,13 @@ def mlp_body(body, h: torch.Tensor) -> torch.Tensor:
         h = h.relu_() if type(m) is torch.nn.ReLU and h is not inputs else m(h)
         k += 1
     return h
+
+
+def row_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t.sum(dim=1)`` of a ``(batch, w)`` tensor. Without autograd and for ``w <= 2`` (two-moons log-dets and base
+    densities, the one-entry halves of its couplings) as the product ``t @ 1``: PyTorch's CPU reduction over a
+    dimension of one or two entries costs about 66 us for 10,000 rows, the matrix-vector product about 11 us. The
+    same numbers: ``a * 1`` and ``a * 1 + b * 1`` are exactly ``a`` and ``a + b``."""
+    if t.dim() == 2 and t.shape[1] <= 2 and not torch.is_grad_enabled():
+        return torch.mv(t, t.new_ones(t.shape[1]))
+    return t.sum(dim=1)

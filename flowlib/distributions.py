@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowlib._validate import check_int, check_positive, check_tensor
+from flowlib._workspace import row_sum
 
 __all__ = [
     "Distribution",
@@ -143,7 +144,7 @@ class StandardNormal(Distribution):
         # Shape check only: this runs in every training step, and scanning for NaN would force a host
         # sync; a NaN in z gives a NaN log-density, which flowlib.train.fit reports with its step.
         check_tensor(z, name="z", event_shape=self.event_shape, finite=False)
-        return -0.5 * (z.pow(2).reshape(z.shape[0], -1).sum(1) + self.num_dims * LOG_2PI)
+        return -0.5 * (row_sum(z.pow(2).reshape(z.shape[0], -1)) + self.num_dims * LOG_2PI)
 
     def sample(self, n, generator=None):
         check_int(n, "n")

@@ -117,3 +117,19 @@ def test_linear_relu_with_autograd_never_uses_a_buffer():
     assert a.data_ptr() != b.data_ptr() and a.requires_grad
     a.sum().backward()
     assert w.grad is not None
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_sum_is_exactly_the_sum(w, dtype):
+    """``row_sum`` (a matrix-vector product for one or two columns without autograd) gives exactly ``sum(dim=1)``,
+    NaN and infinities included; with autograd it is the sum itself."""
+    t = torch.randn(1000, w, generator=torch.Generator().manual_seed(w), dtype=dtype) * 100
+    t[3, 0], t[5, -1], t[7, 0] = float("nan"), float("inf"), -float("inf")
+    with torch.no_grad():
+        assert torch.equal(_workspace.row_sum(t).isnan(), t.sum(dim=1).isnan())
+        ok = ~t.sum(dim=1).isnan()
+        assert torch.equal(_workspace.row_sum(t)[ok], t.sum(dim=1)[ok])
+    g = t.clone().requires_grad_()
+    out = _workspace.row_sum(g)
+    assert out.grad_fn is not None and "Sum" in type(out.grad_fn).__name__

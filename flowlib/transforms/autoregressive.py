@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from flowlib._validate import check_int, check_positive
-from flowlib._workspace import linear_relu
+from flowlib._workspace import linear_relu, row_sum
 from flowlib.transforms.base import Compose, Transform, _context_dim
 
 __all__ = ["MaskedLinear", "MADE", "MAF", "IAF", "maf", "iaf", "SplineMAF", "SplineIAF", "spline_maf"]
@@ -335,7 +335,7 @@ class MAF(Transform):
         # no autograd: the same function in fewer, cheaper kernels, in place, with 2/B folded into the last layer
         t, u = self.made(h, out_scale=self._out_scale(), context=context)
         s = self._bound_(u)
-        logdet = s.sum(dim=1)
+        logdet = row_sum(s)
         return torch.addcmul(t, h, s.exp_()), logdet
 
     def _sequential(self, y, context=None):
@@ -573,7 +573,7 @@ class SplineMAF(Transform):
 
             p = self.made(h, context=context, entry_major=True)
             out, ld = _rqs(h, *_split_params(p, self.num_bins), self.bound, False)
-        return out, ld.sum(dim=1)
+        return out, row_sum(ld)
 
     def _sequential(self, y, context=None):
         """``out_i = g^{-1}(y_i; theta_i(out_<i))`` and its log-det: ``d`` passes (SplineMAF's inverse,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from flowlib._validate import check_int, check_positive
-from flowlib._workspace import mlp_body
+from flowlib._workspace import mlp_body, row_sum
 from flowlib.transforms.base import Transform, _context_dim, _sum_except_batch
 
 __all__ = [
@@ -347,7 +347,7 @@ class AffineCoupling(_Coupling):
             return super()._forward(x, context)
         x_a, x_b = self._split(x)
         s, t = self._fast_scale_shift(x_a if context is None else torch.cat([x_a, context], dim=1))
-        logdet = s.sum(dim=1)
+        logdet = row_sum(s)
         return self._merge(x_a, torch.addcmul(t, x_b, s.exp_())), logdet
 
     def _inverse(self, z, context=None):
@@ -355,7 +355,7 @@ class AffineCoupling(_Coupling):
             return super()._inverse(z, context)
         z_a, z_b = self._split(z)
         s, t = self._fast_scale_shift(z_a if context is None else torch.cat([z_a, context], dim=1))
-        logdet = -s.sum(dim=1)
+        logdet = row_sum(s).neg_()
         return self._merge(z_a, (z_b - t).mul_(s.neg_().exp_())), logdet
 
     @property
@@ -369,10 +369,10 @@ class AffineCoupling(_Coupling):
         h_a, h_b = self._split(h)  # views of h
         s, t = self._fast_scale_shift(h_a if context is None else torch.cat([h_a, context], dim=1))
         if inverse:
-            logdet = s.sum(dim=1).neg_()
+            logdet = row_sum(s).neg_()
             h_b.sub_(t).mul_(s.neg_().exp_())
         else:
-            logdet = s.sum(dim=1)
+            logdet = row_sum(s)
             h_b.mul_(s.exp_()).add_(t)
         return logdet
 
@@ -488,7 +488,7 @@ class SplineCoupling(_Coupling):
         from flowlib.transforms.splines import _rqs, _split_params
 
         out, ld = _rqs(v, *_split_params(params[0], self.num_bins), self.bound, inverse)
-        return out, _sum_except_batch(ld)
+        return out, row_sum(ld) if ld.dim() == 2 else _sum_except_batch(ld)
 
     def _map(self, x_b, params):
         return self._spline(x_b, params, False)
