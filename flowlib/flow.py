@@ -121,7 +121,7 @@ class Flow(nn.Module):
         if torch.get_num_threads() > 1:
             return None
         if not _rowwise(self.transform) or (
-                isinstance(self.transform, Compose) and all(t._in_place for t in self.transform.transforms)):
+                isinstance(self.transform, Compose) and Compose._all_in_place(self.transform.transforms)):
             return None  # a stack that runs in place allocates nothing per layer: blocks only add kernels
         return x.split(rows)
 

@@ -211,7 +211,7 @@ class Compose(Transform):
         if torch.is_grad_enabled():
             return Compose._run_layers(h, layers, method, return_intermediates, context)
         with workspace():  # no autograd: the conditioners' hidden layers reuse one call's buffers
-            if not return_intermediates and all(t._in_place for t in layers):
+            if not return_intermediates and Compose._all_in_place(layers):
                 return Compose._run_in_place_all(h, layers, method == "_inverse", context)
             return Compose._run_layers(h, layers, method, return_intermediates, context)
 
@@ -231,6 +231,11 @@ class Compose(Transform):
         if logdet is None:
             logdet = h.new_zeros(h.shape[0])
         return (h, logdet, hs) if return_intermediates else (h, logdet)
+
+    @staticmethod
+    def _all_in_place(layers) -> bool:
+        """Whether every layer of ``layers`` can overwrite its input (``_run_in_place_all`` applies)."""
+        return all(t._in_place for t in layers)
 
     @staticmethod
     def _run_in_place_all(h, layers, inverse, context=None):
